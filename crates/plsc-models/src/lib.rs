@@ -2,3 +2,30 @@
 //!
 //! IResNet-18/34/50/100, MobileFaceNet and a tiny CPU variant on burn, generic over the backend,
 //! with a registry by name. In the flow: `data` -> **`models`** -> `core` (the head).
+//!
+//! - [`BackboneConfig`] (`name`, embedding size, input size and channels) builds a
+//!   [`Backbone`]: `forward([N, C, S, S]) -> [N, D]`. Under `Autodiff<B>` BatchNorms use batch
+//!   statistics and update their running ones; `backbone.valid()` evaluates with the running
+//!   ones.
+//! - State: tensors are named and shaped as in arcface_torch's `state_dict`
+//!   ([`Backbone::state_layout`], [`Backbone::save_safetensors`],
+//!   [`Backbone::load_arcface_torch`]); see [`state`] for the one-line PyTorch conversion.
+//! - [`grad`]: backward from the embedding with the head's gradient.
+//! - [`optim`]: SGD-momentum with PyTorch semantics; [`clip`]: global-norm clipping.
+//! - Replicas: `clone()` shares BatchNorm running statistics (burn's `RunningState` is an
+//!   `Arc`); [`Backbone::fresh_replica`] does not.
+
+pub mod clip;
+pub mod error;
+pub mod grad;
+pub mod iresnet;
+mod layers;
+pub mod mobilefacenet;
+pub mod norm;
+pub mod optim;
+pub mod registry;
+pub mod state;
+
+pub use error::{ModelError, Result};
+pub use registry::{Architecture, Backbone, BackboneConfig, MODEL_NAMES, Network};
+pub use state::{EntryKind, NamedTensor, StateEntry};

@@ -1,0 +1,163 @@
+//! Batch normalisation with PyTorch's semantics (`nn.BatchNorm1d` / `nn.BatchNorm2d`).
+//!
+//! burn's own `BatchNorm` updates the running variance with the biased batch variance; PyTorch
+//! (and so every arcface_torch checkpoint) uses the unbiased one, and names the affine
+//! parameters `weight`/`bias`. This module matches PyTorch: normalise with the biased batch
+//! variance, update `running_var` with the unbiased one, `momentum` 0.1, `eps` 1e-5.
+//!
+//! Training mode is burn's convention: batch statistics (and running-statistics updates) when
+//! the backend tracks gradients (`Autodiff<B>`), running statistics otherwise (`model.valid()`).
+//!
+//! A scale fixed at 1 (arcface_torch's `features` BatchNorm1d, `weight.requires_grad = False`)
+//! is a `weight` [`Param`] whose `require_grad` is false: it stays in the state (so
+//! `features.weight` round-trips), gets no gradient, and no optimiser touches it.
+
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{Tensor, backend::Backend};
+
+/// PyTorch BatchNorm: `y = (x - mean) / sqrt(var + eps) * weight + bias` over dim 1.
+#[derive(Module, Debug)]
+pub struct BatchNorm<B: Backend> {
+    /// Scale (PyTorch `weight`), `[C]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Shift (PyTorch `bias`), `[C]`.
+    pub bias: Param<Tensor<B, 1>>,
+    /// Running mean, `[C]` (a buffer: no gradient).
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    /// Running (unbiased) variance, `[C]` (a buffer: no gradient).
+    pub running_var: RunningState<Tensor<B, 1>>,
+    /// Weight of the new batch statistic in the running update (PyTorch `momentum`).
+    pub momentum: f64,
+    /// Added to the variance before the square root.
+    pub epsilon: f64,
+    /// Whether `weight` is frozen (used detached in the forward, so it never gets a gradient
+    /// whatever its `require_grad` flag says).
+    pub fixed_scale: bool,
+}
+
+/// arcface_torch's BatchNorm epsilon.
+pub const BN_EPS: f64 = 1e-5;
+/// PyTorch's BatchNorm momentum.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+impl<B: Backend> BatchNorm<B> {
+    /// A BatchNorm over `channels` with weight 1, bias 0, running mean 0 and variance 1.
+    /// `fixed_scale` freezes the weight at 1 (no gradient).
+    pub fn new(channels: usize, fixed_scale: bool, device: &B::Device) -> Self {
+        let weight = Param::from_tensor(Tensor::ones([channels], device));
+        let weight = if fixed_scale {
+            weight.set_require_grad(false)
+        } else {
+            weight
+        };
+        Self {
+            weight,
+            bias: Param::from_tensor(Tensor::zeros([channels], device)),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            momentum: BN_MOMENTUM,
+            epsilon: BN_EPS,
+            fixed_scale,
+        }
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.bias.lazy_shape().dims::<1>()[0]
+    }
+
+    /// Normalises `x` of shape `[N, C, ...]`; batch statistics under autodiff, running ones
+    /// otherwise.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if B::ad_enabled(&x.device()) {
+            self.forward_train(x)
+        } else {
+            self.forward_eval(x)
+        }
+    }
+
+    /// The scale as used in the forward: detached when fixed.
+    fn scale(&self) -> Tensor<B, 1> {
+        if self.fixed_scale {
+            self.weight.val().detach()
+        } else {
+            self.weight.val()
+        }
+    }
+
+    fn channel_shape<const D: usize>(&self) -> [usize; D] {
+        let mut shape = [1; D];
+        shape[1] = self.channels();
+        shape
+    }
+
+    fn forward_eval<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let shape = self.channel_shape::<D>();
+        let device = x.device();
+        let mean = self.running_mean.value_sync().to_device(&device);
+        let var = self.running_var.value_sync().to_device(&device);
+        let scale = self.scale() / var.add_scalar(self.epsilon).sqrt();
+        let shift = self.bias.val() - mean * scale.clone();
+        x * scale.reshape(shape) + shift.reshape(shape)
+    }
+
+    fn forward_train<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let shape = self.channel_shape::<D>();
+        let dims = x.dims();
+        let count: usize = dims
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| *d != 1)
+            .map(|(_, n)| n)
+            .product();
+        let reduce = |t: Tensor<B, D>| {
+            let mut t = t;
+            for d in 0..D {
+                if d != 1 {
+                    t = t.sum_dim(d);
+                }
+            }
+            t.div_scalar(count as f64)
+        };
+        let mean = reduce(x.clone());
+        let centered = x - mean.clone();
+        let var = reduce(centered.clone().square());
+
+        // Running statistics, PyTorch style: unbiased variance, momentum on the new value.
+        let channels = shape[1];
+        let device = centered.device();
+        let unbias = if count > 1 {
+            count as f64 / (count as f64 - 1.0)
+        } else {
+            1.0
+        };
+        let batch_mean = mean.detach().reshape([channels]);
+        let batch_var = var.clone().detach().reshape([channels]).mul_scalar(unbias);
+        let running_mean = self.running_mean.value_sync().to_device(&device);
+        let running_var = self.running_var.value_sync().to_device(&device);
+        self.running_mean.update(
+            (running_mean.mul_scalar(1.0 - self.momentum) + batch_mean.mul_scalar(self.momentum))
+                .detach(),
+        );
+        self.running_var.update(
+            (running_var.mul_scalar(1.0 - self.momentum) + batch_var.mul_scalar(self.momentum))
+                .detach(),
+        );
+
+        let inv_std = var.add_scalar(self.epsilon).sqrt().recip();
+        centered * inv_std * self.scale().reshape(shape) + self.bias.val().reshape(shape)
+    }
+
+    /// A copy whose running statistics live in new storage (see [`crate::replica`]).
+    pub fn fresh_replica(&self) -> Self {
+        Self {
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+            running_mean: RunningState::from_record(self.running_mean.clone().into_record()),
+            running_var: RunningState::from_record(self.running_var.clone().into_record()),
+            momentum: self.momentum,
+            epsilon: self.epsilon,
+            fixed_scale: self.fixed_scale,
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Named tensors in arcface_torch's `state_dict` layout, and safetensors files of them.
+//!
+//! Every backbone lists its tensors under the names PyTorch gives them (`conv1.weight`,
+//! `layer1.0.bn1.running_mean`, `fc.weight`, ...), in PyTorch's shapes: a `Linear` weight is
+//! `[out, in]` in the file although burn stores `[in, out]`. So a `backbone.pth` of
+//! arcface_torch, converted once with
+//!
+//! ```python
+//! from safetensors.torch import save_file; save_file(torch.load('backbone.pth', map_location='cpu'), 'backbone.safetensors')
+//! ```
+//!
+//! loads with [`crate::Backbone::load_arcface_torch`]. BatchNorm's `num_batches_tracked`
+//! counters (PyTorch writes them, momentum-based BatchNorm never reads them) are accepted and
+//! ignored when loading and not written when saving; PyTorch's `load_state_dict` fills them in.
+//! Files are written as f32; f32, f64, f16 and bf16 files load.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::{ModelError, Result};
+
+/// The role of a named tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A trainable parameter.
+    Param,
+    /// A parameter with a fixed value (PyTorch `requires_grad = False`, e.g. `features.weight`
+    /// of IResNet); PyTorch still lists it in `parameters()`.
+    FrozenParam,
+    /// A buffer (BatchNorm running statistics): state, not a parameter.
+    Buffer,
+}
+
+/// One named tensor of a model's state: name, PyTorch shape and role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateEntry {
+    /// The `state_dict` key.
+    pub name: String,
+    /// The shape as PyTorch stores it.
+    pub shape: Vec<usize>,
+    /// Parameter, frozen parameter or buffer.
+    pub kind: EntryKind,
+}
+
+/// A named tensor with its f32 values, row-major in PyTorch's layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// Name, shape and role.
+    pub entry: StateEntry,
+    /// The values.
+    pub values: Vec<f32>,
+}
+
+/// Joins a `state_dict` prefix and a name with a dot.
+pub(crate) fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Collects a model's named tensors, with or without their values.
+pub struct StateWriter {
+    with_values: bool,
+    entries: Vec<NamedTensor>,
+}
+
+impl StateWriter {
+    pub(crate) fn new(with_values: bool) -> Self {
+        Self {
+            with_values,
+            entries: Vec::new(),
+        }
+    }
+
+    pub(crate) fn into_entries(self) -> Vec<NamedTensor> {
+        self.entries
+    }
+
+    fn push<B: Backend, const D: usize>(
+        &mut self,
+        name: String,
+        kind: EntryKind,
+        shape: Vec<usize>,
+        value: impl FnOnce() -> Tensor<B, D>,
+    ) {
+        let values = if self.with_values {
+            value()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted to f32 above")
+        } else {
+            Vec::new()
+        };
+        self.entries.push(NamedTensor {
+            entry: StateEntry { name, shape, kind },
+            values,
+        });
+    }
+
+    /// A parameter stored as PyTorch stores it (not initialised when only the layout is
+    /// asked for).
+    pub fn param<B: Backend, const D: usize>(
+        &mut self,
+        name: String,
+        kind: EntryKind,
+        p: &Param<Tensor<B, D>>,
+    ) {
+        let shape = p.lazy_shape().dims::<D>().to_vec();
+        self.push(name, kind, shape, || p.val());
+    }
+
+    /// A burn `Linear` weight `[in, out]`, written as PyTorch's `[out, in]`.
+    pub fn linear_weight<B: Backend>(&mut self, name: String, p: &Param<Tensor<B, 2>>) {
+        let [d_in, d_out] = p.lazy_shape().dims::<2>();
+        self.push(name, EntryKind::Param, vec![d_out, d_in], || {
+            p.val().transpose()
+        });
+    }
+
+    /// A buffer (running statistic).
+    pub fn buffer<B: Backend, const D: usize>(
+        &mut self,
+        name: String,
+        s: &RunningState<Tensor<B, D>>,
+    ) {
+        let t = s.clone().into_record().val();
+        self.push(name, EntryKind::Buffer, t.dims().to_vec(), || t);
+    }
+}
+
+/// Reads named tensors out of a safetensors file into a model, checking names and shapes.
+pub struct StateReader<'a> {
+    file: String,
+    tensors: HashMap<String, TensorView<'a>>,
+    used: BTreeSet<String>,
+}
+
+/// Keys that PyTorch writes and that this crate ignores on load.
+fn ignored_key(name: &str) -> bool {
+    name.ends_with(".num_batches_tracked") || name == "num_batches_tracked"
+}
+
+impl<'a> StateReader<'a> {
+    /// Parses safetensors `bytes`; `file` names them in errors.
+    pub fn new(file: &str, bytes: &'a [u8]) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes).map_err(|source| ModelError::Safetensors {
+            file: file.to_string(),
+            source,
+        })?;
+        let tensors = st.tensors().into_iter().collect();
+        Ok(Self {
+            file: file.to_string(),
+            tensors,
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// The values of `name`, which must have `expected` shape, as f32 data.
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<TensorData> {
+        let view = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingKey {
+                file: self.file.clone(),
+                key: name.to_string(),
+                expected: expected.to_vec(),
+            })?;
+        if view.shape() != expected {
+            return Err(ModelError::ShapeMismatch {
+                file: self.file.clone(),
+                key: name.to_string(),
+                expected: expected.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let bytes = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    file: self.file.clone(),
+                    key: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        self.used.insert(name.to_string());
+        Ok(TensorData::new(values, expected.to_vec()))
+    }
+
+    /// Replaces the value of a parameter (same id, device and `require_grad`).
+    pub fn param<B: Backend, const D: usize>(
+        &mut self,
+        name: String,
+        p: Param<Tensor<B, D>>,
+    ) -> Result<Param<Tensor<B, D>>> {
+        let shape = p.lazy_shape().dims::<D>().to_vec();
+        let data = self.take(&name, &shape)?;
+        let device = p.lazy_device();
+        let id = p.id;
+        let t = Tensor::<B, D>::from_data(data, &device);
+        Ok(p.transform_for_load(t, id))
+    }
+
+    /// Replaces a burn `Linear` weight `[in, out]` from PyTorch's `[out, in]`.
+    pub fn linear_weight<B: Backend>(
+        &mut self,
+        name: String,
+        p: Param<Tensor<B, 2>>,
+    ) -> Result<Param<Tensor<B, 2>>> {
+        let [d_in, d_out] = p.lazy_shape().dims::<2>();
+        let data = self.take(&name, &[d_out, d_in])?;
+        let device = p.lazy_device();
+        let id = p.id;
+        let t = Tensor::<B, 2>::from_data(data, &device).transpose();
+        Ok(p.transform_for_load(t, id))
+    }
+
+    /// Replaces a buffer; the result has its own storage (shares nothing with `s`'s clones).
+    pub fn buffer<B: Backend, const D: usize>(
+        &mut self,
+        name: String,
+        s: RunningState<Tensor<B, D>>,
+    ) -> Result<RunningState<Tensor<B, D>>> {
+        let record = s.into_record();
+        let current = record.val();
+        let shape = current.dims().to_vec();
+        let data = self.take(&name, &shape)?;
+        let t = Tensor::<B, D>::from_data(data, &current.device());
+        Ok(RunningState::with_id(record.id, t))
+    }
+
+    /// Fails with [`ModelError::UnexpectedKeys`] if the file holds tensors that were not read
+    /// (other than `num_batches_tracked`).
+    pub fn finish(self) -> Result<()> {
+        let mut keys: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !self.used.contains(*k) && !ignored_key(k))
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        keys.sort();
+        Err(ModelError::UnexpectedKeys {
+            file: self.file,
+            keys,
+        })
+    }
+}
+
+/// A module whose tensors have PyTorch `state_dict` names.
+pub trait TorchState<B: Backend>: Sized {
+    /// Lists this module's tensors under `prefix`.
+    fn save_state(&self, prefix: &str, w: &mut StateWriter);
+    /// Replaces this module's tensors with those under `prefix` in `r`.
+    fn load_state(self, prefix: &str, r: &mut StateReader<'_>) -> Result<Self>;
+}
+
+impl<B: Backend, T: TorchState<B>> TorchState<B> for Vec<T> {
+    fn save_state(&self, prefix: &str, w: &mut StateWriter) {
+        for (i, m) in self.iter().enumerate() {
+            m.save_state(&join(prefix, &i.to_string()), w);
+        }
+    }
+
+    fn load_state(self, prefix: &str, r: &mut StateReader<'_>) -> Result<Self> {
+        self.into_iter()
+            .enumerate()
+            .map(|(i, m)| m.load_state(&join(prefix, &i.to_string()), r))
+            .collect()
+    }
+}
+
+/// Serialises named tensors to safetensors bytes (f32, little-endian).
+pub fn to_safetensors_bytes(tensors: &[NamedTensor], label: &str) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            TensorView::new(Dtype::F32, t.entry.shape.clone(), b).map(|v| (t.entry.name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|source| ModelError::Safetensors {
+            file: label.to_string(),
+            source,
+        })?;
+    safetensors::serialize(views, None).map_err(|source| ModelError::Safetensors {
+        file: label.to_string(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary name in the same folder and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
+    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
