@@ -1,1 +1,28 @@
-//! placeholder
+//! The class-sharded classification head of plsc-rs: margin softmax (ArcFace, CosFace,
+//! SphereFace, any combined `m1/m2/m3`, plain softmax) computed as a distributed softmax over
+//! class shards, chunked so it never holds the batch-by-classes matrix, with Partial FC sampling.
+//!
+//! In the flow: `models` (embedding) -> **`core`** (loss, feature gradient, sparse weight
+//! update) -> back into `models`; collectives through `comm`. Start at [`ShardedHead`].
+
+pub mod cpu;
+mod error;
+mod fast_exp;
+pub mod float;
+mod head;
+pub mod init;
+pub mod loss;
+pub mod margin;
+pub mod reference;
+pub mod sampling;
+pub mod sgd;
+pub mod shard;
+
+pub use error::HeadError;
+pub use float::{HeadFloat, Precision};
+pub use head::{
+    Accuracy, DEFAULT_MEMORY_BUDGET, HeadConfig, HeadOutput, HeadPath, ShardedHead, WeightUpdate,
+};
+pub use loss::{LossConfig, LossKind, MarginParams};
+pub use sgd::SparseSgdConfig;
+pub use shard::ClassShard;

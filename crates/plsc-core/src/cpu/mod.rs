@@ -1,0 +1,589 @@
+//! The CPU kernel of the head: class tiles on rayon workers, `gemm` products with fused
+//! epilogues, and buffers reused across tiles and steps.
+//!
+//! The sampled classes of the shard are split into one contiguous range per worker (thread).
+//! Each worker walks its range in tiles of `K` classes: the tile's weight rows, one `[B, K]`
+//! block of logits and its own `[B, D]` feature-gradient accumulator stay in that core's cache.
+//! Workers' partial results (row statistics, feature gradient) are merged in worker order, so
+//! a run is reproducible for a given thread count.
+//!
+//! Two paths, chosen by [`Plan`]:
+//! - materialised: the forward pass keeps every tile's logits (`B x C_s` values) for the
+//!   backward pass: `6 B D C_s` flops;
+//! - chunked: the forward pass keeps only the row statistics and the backward pass recomputes
+//!   each tile's logits: `8 B D C_s` flops, memory `O(B K + K D + B D)` per worker.
+
+mod gemm;
+pub mod rows;
+pub mod tile;
+pub mod topk;
+
+use crate::float::{HeadFloat, Precision};
+use crate::sampling::SampledClasses;
+use rayon::prelude::*;
+use std::ops::Range;
+use tile::{RowStats, TileInfo, TileLoss};
+
+/// Default class-tile width: a `[128, 256]` logit block plus two `[256, 512]` row blocks fit a
+/// 2 MiB L2 cache in f32.
+pub const DEFAULT_TILE: usize = 256;
+
+/// How one step is computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Keep all logits between the forward and backward pass.
+    pub materialise: bool,
+    /// Class-tile width `K`.
+    pub tile: usize,
+    /// Sampled positions handled by each worker.
+    pub ranges: Vec<Range<usize>>,
+}
+
+impl Plan {
+    /// Chooses the path: an explicit `chunk_size` below the sampled count forces chunking with
+    /// that tile, one at or above it forces materialising; otherwise the logits are kept when
+    /// `rows * classes` values (plus the per-worker tiles) fit `budget_bytes`.
+    pub fn new(
+        rows: usize,
+        dim: usize,
+        classes: usize,
+        threads: usize,
+        chunk_size: Option<usize>,
+        budget_bytes: usize,
+        elem: usize,
+    ) -> Self {
+        let workers = threads.max(1).min(classes.max(1));
+        let per_worker = |k: usize| (rows * k + 2 * k * dim + rows * dim + 4 * k) * elem;
+        let (materialise, mut tile) = match chunk_size {
+            Some(k) if k >= classes => (true, DEFAULT_TILE),
+            Some(k) => (false, k.max(1)),
+            None => {
+                let fixed = workers * per_worker(DEFAULT_TILE);
+                (rows * classes * elem + fixed <= budget_bytes, DEFAULT_TILE)
+            }
+        };
+        if chunk_size.is_none() && !materialise {
+            while tile > 8 && workers * per_worker(tile) > budget_bytes {
+                tile /= 2;
+            }
+        }
+        tile = tile.min(classes.max(1));
+        let ranges = (0..workers)
+            .map(|w| (classes * w / workers)..(classes * (w + 1) / workers))
+            .collect();
+        Self {
+            materialise,
+            tile,
+            ranges,
+        }
+    }
+
+    /// Flops of the matrix products of one step on this path.
+    pub fn gemm_flops(&self, rows: usize, dim: usize, classes: usize) -> f64 {
+        let per = 2.0 * rows as f64 * dim as f64 * classes as f64;
+        if self.materialise {
+            3.0 * per
+        } else {
+            4.0 * per
+        }
+    }
+}
+
+/// Everything the kernel reads for one step.
+pub struct StepSetup<'a, T> {
+    pub rows: usize,
+    pub dim: usize,
+    /// Matrix-product operand rows `[rows, dim]`: normalised features (margin) or raw features
+    /// (softmax), rounded to the operand precision.
+    pub xop: &'a [T],
+    /// Each row's target position in the sampled set, or [`tile::NO_TARGET`].
+    pub targets: &'a [usize],
+    pub sampled: &'a SampledClasses,
+    /// Global index of the shard's first class.
+    pub class_offset: usize,
+    pub loss: TileLoss<T>,
+    pub precision: Precision,
+    pub calc_acc: bool,
+}
+
+/// What the backward pass does with each used weight row's gradient.
+pub enum RowSink<'a, T> {
+    /// Sparse SGD with momentum (PyTorch semantics, no dampening):
+    /// `v <- mu v + (g + wd w)`, `w <- w - lr v`, on used rows only.
+    Sgd {
+        lr: T,
+        momentum: T,
+        weight_decay: T,
+        velocity: &'a mut [T],
+        bias_velocity: Option<&'a mut [T]>,
+    },
+    /// Write the gradient of used rows into dense buffers shaped like the weight (and bias).
+    Gradient {
+        weight: &'a mut [T],
+        bias: Option<&'a mut [T]>,
+    },
+}
+
+#[derive(Default)]
+struct WorkerBuf<T> {
+    wtile: Vec<T>,
+    ztile: Vec<T>,
+    utile: Vec<T>,
+    dxn: Vec<T>,
+    scratch: Vec<T>,
+    colsum: Vec<T>,
+    bias_tile: Vec<T>,
+    classes: Vec<i64>,
+    stats: RowStats<T>,
+}
+
+impl<T: HeadFloat> WorkerBuf<T> {
+    fn bytes(&self) -> usize {
+        let e = size_of::<T>();
+        (self.wtile.capacity()
+            + self.ztile.capacity()
+            + self.utile.capacity()
+            + self.dxn.capacity()
+            + self.scratch.capacity()
+            + self.colsum.capacity()
+            + self.bias_tile.capacity())
+            * e
+            + self.classes.capacity() * 8
+            + self.stats.bytes()
+    }
+}
+
+/// Buffers reused across tiles and steps (never shrunk, so a steady state allocates nothing).
+#[derive(Default)]
+pub struct Workspace<T> {
+    workers: Vec<WorkerBuf<T>>,
+    logits: Vec<T>,
+    inv_norm: Vec<T>,
+}
+
+impl<T: HeadFloat> Workspace<T> {
+    /// Bytes held by the kernel's buffers.
+    pub fn bytes(&self) -> usize {
+        self.workers.iter().map(WorkerBuf::bytes).sum::<usize>()
+            + (self.logits.capacity() + self.inv_norm.capacity()) * size_of::<T>()
+    }
+}
+
+/// Splits `buf` (`unit` elements per position) into one slice per range.
+fn split_ranges<'b, E>(
+    mut buf: &'b mut [E],
+    ranges: &[Range<usize>],
+    unit: usize,
+) -> Vec<&'b mut [E]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut at = 0;
+    for r in ranges {
+        let (skip, rest) = buf.split_at_mut((r.start - at) * unit);
+        let _ = skip;
+        let (mine, rest) = rest.split_at_mut(r.len() * unit);
+        out.push(mine);
+        buf = rest;
+        at = r.end;
+    }
+    out
+}
+
+/// The local class boundaries of the workers: worker `w` owns weight rows
+/// `bounds[w]..bounds[w + 1]`; every class it uses lies in there because the sampled classes
+/// are sorted.
+fn class_bounds(sampled: &SampledClasses, ranges: &[Range<usize>], shard_len: usize) -> Vec<usize> {
+    let mut b: Vec<usize> = ranges
+        .iter()
+        .map(|r| {
+            if r.start == 0 {
+                0
+            } else {
+                sampled.class_at(r.start)
+            }
+        })
+        .collect();
+    b.push(shard_len);
+    b
+}
+
+fn split_rows<'b, E>(buf: &'b mut [E], bounds: &[usize], dim: usize) -> Vec<&'b mut [E]> {
+    let ranges: Vec<Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+    split_ranges(buf, &ranges, dim)
+}
+
+/// Whether the tile's rows can be read in place (no gather, no rounding).
+fn rows_in_place(setup: &StepSetup<'_, impl HeadFloat>) -> bool {
+    matches!(setup.sampled, SampledClasses::All { .. }) && setup.precision == Precision::F32
+}
+
+/// Forward pass: fills the logits (materialised) and returns this rank's merged row statistics.
+pub fn forward<T: HeadFloat>(
+    ws: &mut Workspace<T>,
+    setup: &StepSetup<'_, T>,
+    plan: &Plan,
+    weight: &[T],
+    bias: Option<&[T]>,
+) -> RowStats<T> {
+    let (rows, dim) = (setup.rows, setup.dim);
+    let classes = setup.sampled.len();
+    ws.workers
+        .resize_with(plan.ranges.len(), WorkerBuf::default);
+    ws.inv_norm.resize(classes, T::zero());
+    if plan.materialise {
+        ws.logits.resize(rows * classes, T::zero());
+    }
+    let invs = split_ranges(&mut ws.inv_norm, &plan.ranges, 1);
+    let mut regions: Vec<Option<&mut [T]>> = if plan.materialise {
+        split_ranges(&mut ws.logits, &plan.ranges, rows)
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        plan.ranges.iter().map(|_| None).collect()
+    };
+    ws.workers
+        .par_iter_mut()
+        .zip(plan.ranges.par_iter())
+        .zip(invs.into_par_iter())
+        .zip(regions.par_iter_mut())
+        .for_each(|(((buf, range), inv), region)| {
+            let WorkerBuf {
+                wtile,
+                ztile,
+                scratch,
+                bias_tile,
+                classes,
+                stats,
+                ..
+            } = buf;
+            stats.reset(rows, setup.calc_acc);
+            let mut p0 = range.start;
+            while p0 < range.end {
+                let kc = plan.tile.min(range.end - p0);
+                let tile_inv = &mut inv[p0 - range.start..p0 - range.start + kc];
+                classes.clear();
+                bias_tile.clear();
+                for j in 0..kc {
+                    let class = setup.sampled.class_at(p0 + j);
+                    classes.push((setup.class_offset + class) as i64);
+                    let row = &weight[class * dim..(class + 1) * dim];
+                    tile_inv[j] = rows::inv_norm(row);
+                    if let Some(b) = bias {
+                        bias_tile.push(b[class]);
+                    }
+                }
+                let w_rows: &[T] = if rows_in_place(setup) {
+                    &weight[p0 * dim..(p0 + kc) * dim]
+                } else {
+                    gather_rows(wtile, weight, setup, p0, kc, |c| c);
+                    &wtile[..kc * dim]
+                };
+                let z: &mut [T] = match region {
+                    Some(r) => &mut r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows],
+                    None => {
+                        ztile.resize(rows * kc, T::zero());
+                        &mut ztile[..rows * kc]
+                    }
+                };
+                gemm::a_bt(z, setup.xop, w_rows, rows, kc, dim);
+                let info = TileInfo {
+                    kc,
+                    p0,
+                    inv_norm: tile_inv,
+                    bias: bias_tile,
+                    classes,
+                };
+                tile::transform(z, rows, &info, setup.targets, &setup.loss, stats);
+                tile::accumulate_stats(z, rows, kc, scratch, stats);
+                p0 += kc;
+            }
+        });
+    merge_stats(&ws.workers, rows, setup.calc_acc)
+}
+
+/// Copies the tile's weight rows, rounded to the operand precision, into `dst`.
+/// `local` maps a shard-local class to its row index in `weight`.
+fn gather_rows<T: HeadFloat>(
+    dst: &mut Vec<T>,
+    weight: &[T],
+    setup: &StepSetup<'_, T>,
+    p0: usize,
+    kc: usize,
+    local: impl Fn(usize) -> usize,
+) {
+    let dim = setup.dim;
+    dst.resize(kc * dim, T::zero());
+    for j in 0..kc {
+        let r = local(setup.sampled.class_at(p0 + j));
+        for (d, s) in dst[j * dim..(j + 1) * dim]
+            .iter_mut()
+            .zip(&weight[r * dim..(r + 1) * dim])
+        {
+            *d = s.round_to(setup.precision);
+        }
+    }
+}
+
+fn merge_stats<T: HeadFloat>(
+    workers: &[WorkerBuf<T>],
+    rows: usize,
+    with_topk: bool,
+) -> RowStats<T> {
+    let mut out = RowStats::default();
+    out.reset(rows, with_topk);
+    for w in workers {
+        let s = &w.stats;
+        if s.max.len() != rows {
+            continue;
+        }
+        for i in 0..rows {
+            let (m0, m1) = (out.max[i], s.max[i]);
+            let m = if m1 > m0 { m1 } else { m0 };
+            if m != T::neg_infinity() {
+                let a = if m0 == T::neg_infinity() {
+                    T::zero()
+                } else {
+                    out.sum[i] * (m0 - m).exp()
+                };
+                let b = if m1 == T::neg_infinity() {
+                    T::zero()
+                } else {
+                    s.sum[i] * (m1 - m).exp()
+                };
+                out.sum[i] = a + b;
+                out.max[i] = m;
+            }
+            if s.has_target[i] {
+                out.has_target[i] = true;
+                out.target[i] = s.target[i];
+                out.dpsi[i] = s.dpsi[i];
+            }
+            if with_topk {
+                out.topk[i].merge(&s.topk[i]);
+            }
+        }
+    }
+    out
+}
+
+/// Backward pass: computes the gradient of every used weight row (handed to `sink`) and
+/// returns this rank's partial gradient of the operand rows `[rows, dim]` (before any
+/// reduce-scatter or normalisation backward).
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: HeadFloat>(
+    ws: &mut Workspace<T>,
+    setup: &StepSetup<'_, T>,
+    plan: &Plan,
+    lse: &[T],
+    dpsi: &[f64],
+    inv_batch: T,
+    weight: &mut [T],
+    mut bias: Option<&mut [T]>,
+    sink: RowSink<'_, T>,
+) -> Vec<T> {
+    let (rows, dim) = (setup.rows, setup.dim);
+    let shard_len = weight.len() / dim.max(1);
+    let bounds = class_bounds(setup.sampled, &plan.ranges, shard_len);
+    let weights = split_rows(weight, &bounds, dim);
+    let biases: Vec<Option<&mut [T]>> = match bias.as_deref_mut() {
+        Some(b) => split_rows(b, &bounds, 1).into_iter().map(Some).collect(),
+        None => bounds.windows(2).map(|_| None).collect(),
+    };
+    enum Part<'p, T> {
+        Sgd {
+            velocity: &'p mut [T],
+            bias_velocity: Option<&'p mut [T]>,
+            lr: T,
+            mu: T,
+            wd: T,
+        },
+        Grad(&'p mut [T], Option<&'p mut [T]>),
+    }
+    let parts: Vec<Part<'_, T>> = match sink {
+        RowSink::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            velocity,
+            bias_velocity,
+        } => {
+            let v = split_rows(velocity, &bounds, dim);
+            let bv: Vec<Option<&mut [T]>> = match bias_velocity {
+                Some(b) => split_rows(b, &bounds, 1).into_iter().map(Some).collect(),
+                None => v.iter().map(|_| None).collect(),
+            };
+            v.into_iter()
+                .zip(bv)
+                .map(|(velocity, bias_velocity)| Part::Sgd {
+                    velocity,
+                    bias_velocity,
+                    lr,
+                    mu: momentum,
+                    wd: weight_decay,
+                })
+                .collect()
+        }
+        RowSink::Gradient { weight, bias } => {
+            let g = split_rows(weight, &bounds, dim);
+            let gb: Vec<Option<&mut [T]>> = match bias {
+                Some(b) => split_rows(b, &bounds, 1).into_iter().map(Some).collect(),
+                None => g.iter().map(|_| None).collect(),
+            };
+            g.into_iter()
+                .zip(gb)
+                .map(|(a, b)| Part::Grad(a, b))
+                .collect()
+        }
+    };
+    let invs: Vec<&[T]> = plan
+        .ranges
+        .iter()
+        .map(|r| &ws.inv_norm[r.clone()])
+        .collect();
+    let regions: Vec<Option<&[T]>> = plan
+        .ranges
+        .iter()
+        .map(|r| {
+            plan.materialise
+                .then(|| &ws.logits[r.start * rows..r.end * rows])
+        })
+        .collect();
+    let is_margin = matches!(setup.loss, TileLoss::Margin { .. });
+    ws.workers
+        .par_iter_mut()
+        .zip(plan.ranges.par_iter())
+        .zip(weights.into_par_iter())
+        .zip(biases.into_par_iter())
+        .zip(parts.into_par_iter())
+        .zip(invs.into_par_iter())
+        .zip(regions.into_par_iter())
+        .zip(bounds.par_windows(2))
+        .for_each(
+            |(((((((buf, range), wslice), mut bslice), mut part), inv), region), bound)| {
+                let WorkerBuf {
+                    wtile,
+                    ztile,
+                    utile,
+                    dxn,
+                    colsum,
+                    bias_tile,
+                    classes,
+                    stats,
+                    ..
+                } = buf;
+                let off = bound[0];
+                dxn.clear();
+                dxn.resize(rows * dim, T::zero());
+                stats.reset(rows, false);
+                let mut p0 = range.start;
+                while p0 < range.end {
+                    let kc = plan.tile.min(range.end - p0);
+                    let tile_inv = &inv[p0 - range.start..p0 - range.start + kc];
+                    bias_tile.clear();
+                    classes.clear();
+                    for j in 0..kc {
+                        let class = setup.sampled.class_at(p0 + j);
+                        classes.push((setup.class_offset + class) as i64);
+                        if let Some(b) = bslice.as_deref() {
+                            bias_tile.push(b[class - off]);
+                        }
+                    }
+                    ztile.resize(rows * kc, T::zero());
+                    let g = &mut ztile[..rows * kc];
+                    {
+                        let w_rows: &[T] = if rows_in_place(setup) {
+                            &wslice[(p0 - off) * dim..(p0 - off + kc) * dim]
+                        } else {
+                            gather_rows(wtile, wslice, setup, p0, kc, |c| c - off);
+                            &wtile[..kc * dim]
+                        };
+                        let info = TileInfo {
+                            kc,
+                            p0,
+                            inv_norm: tile_inv,
+                            bias: bias_tile,
+                            classes,
+                        };
+                        match region {
+                            Some(r) => g.copy_from_slice(
+                                &r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows],
+                            ),
+                            None => {
+                                gemm::a_bt(g, setup.xop, w_rows, rows, kc, dim);
+                                tile::transform(g, rows, &info, setup.targets, &setup.loss, stats);
+                            }
+                        }
+                        colsum.resize(kc, T::zero());
+                        let sums = bslice.is_some().then_some(&mut colsum[..kc]);
+                        tile::gradient(
+                            g,
+                            rows,
+                            &info,
+                            setup.targets,
+                            lse,
+                            dpsi,
+                            inv_batch,
+                            &setup.loss,
+                            setup.precision,
+                            sums,
+                        );
+                        gemm::acc_a_b(dxn, g, w_rows, rows, dim, kc);
+                    }
+                    utile.resize(kc * dim, T::zero());
+                    gemm::at_b(utile, g, setup.xop, kc, dim, rows);
+                    for j in 0..kc {
+                        let r = setup.sampled.class_at(p0 + j) - off;
+                        let w = &mut wslice[r * dim..(r + 1) * dim];
+                        let u = &mut utile[j * dim..(j + 1) * dim];
+                        if is_margin {
+                            // dL/dw = u - (u . w) w / |w|^2: the weight normalisation's backward.
+                            let inv2 = tile_inv[j] * tile_inv[j];
+                            let proj = rows::dot(u, w) * inv2;
+                            for (uv, wv) in u.iter_mut().zip(w.iter()) {
+                                *uv = *uv - proj * *wv;
+                            }
+                        }
+                        match &mut part {
+                            Part::Sgd {
+                                velocity,
+                                bias_velocity,
+                                lr,
+                                mu,
+                                wd,
+                            } => {
+                                let (lr, mu, wd) = (*lr, *mu, *wd);
+                                crate::sgd::sgd_update(
+                                    w,
+                                    &mut velocity[r * dim..(r + 1) * dim],
+                                    u,
+                                    lr,
+                                    mu,
+                                    wd,
+                                );
+                                if let (Some(b), Some(bv)) =
+                                    (bslice.as_deref_mut(), bias_velocity.as_deref_mut())
+                                {
+                                    bv[r] = mu * bv[r] + (colsum[j] + wd * b[r]);
+                                    b[r] = b[r] - lr * bv[r];
+                                }
+                            }
+                            Part::Grad(gw, gb) => {
+                                gw[r * dim..(r + 1) * dim].copy_from_slice(u);
+                                if let Some(gb) = gb.as_deref_mut() {
+                                    gb[r] = colsum[j];
+                                }
+                            }
+                        }
+                    }
+                    p0 += kc;
+                }
+            },
+        );
+    let mut out = vec![T::zero(); rows * dim];
+    for w in &ws.workers {
+        for (o, v) in out.iter_mut().zip(&w.dxn) {
+            *o = *o + *v;
+        }
+    }
+    out
+}

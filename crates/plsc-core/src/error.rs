@@ -1,0 +1,41 @@
+use plsc_comm::CommError;
+
+/// Everything the head can fail with. Messages name the rank, the tensor or the sample.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// Fewer classes than ranks: some rank would own no class.
+    #[error(
+        "cannot split {num_classes} classes over {world_size} ranks: every rank needs at least one class"
+    )]
+    TooFewClasses {
+        num_classes: usize,
+        world_size: usize,
+    },
+    /// A label is negative or not below the class count.
+    #[error("rank {rank}: label {label} of sample {sample} is out of range 0..{num_classes}")]
+    LabelOutOfRange {
+        rank: usize,
+        sample: usize,
+        label: i64,
+        num_classes: usize,
+    },
+    /// A tensor has the wrong number of elements or the wrong shape.
+    #[error("rank {rank}: tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        rank: usize,
+        tensor: &'static str,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    /// A setting is out of its range.
+    #[error("invalid head setting `{name}`: {detail}")]
+    Config { name: &'static str, detail: String },
+    /// An unknown loss name.
+    #[error(
+        "unknown loss `{0}`: expected one of softmax, arcface, cosface, sphereface, combined (optionally with the `dist_` prefix)"
+    )]
+    UnknownLoss(String),
+    /// A collective failed.
+    #[error(transparent)]
+    Comm(#[from] CommError),
+}

@@ -1,0 +1,625 @@
+//! [`ShardedHead`]: one rank's part of the classification head, and one training step of it.
+//!
+//! The step, on rank `r` of `N` with local features `x_r [b, D]` and labels `y_r [b]`:
+//!
+//! 1. **all-gather** features and labels: `X [B, D]`, `y [B]` (rank order).
+//! 2. Normalise rows `Xn = X / |X|` (margin losses); sample this rank's classes (Partial FC).
+//! 3. Per class tile: logits, margin at the target, running row max `M_i^r` and sum-exp `S_i^r`
+//!    (`crate::cpu::tile`).
+//! 4. **all-reduce (max)** of `M`; `S_i^r <- S_i^r exp(M_i^r - M_i)`; one fused **all-reduce
+//!    (sum)** of `S` and of the target logits `z_iy` (0 on ranks that do not own `y_i`).
+//!    `loss_i = ln S_i + M_i - z_iy`, `L = mean_i loss_i` over the global batch.
+//! 5. Per class tile again: `g = dL/dcos` (`crate::cpu::tile::gradient`), `dXn += g W`,
+//!    `dW = g^T Xn` projected by the weight normalisation's backward, handed to the sparse SGD
+//!    step (or written out as a gradient).
+//! 6. **reduce-scatter (sum)** of `dXn` so rank `r` gets the rows of its own samples; back
+//!    through the feature normalisation: `dx_i = (dXn_i - (dXn_i . Xn_i) Xn_i) / |x_i|`.
+//!
+//! The replicated head (`sharded = false`) skips the all-gather and reduce-scatter: every rank
+//! holds all classes and computes its local rows, normalised by the global batch size; the
+//! weight gradient is then **all-reduced (sum)** across ranks before the update.
+
+use crate::cpu::topk::{TOPK, TopK};
+use crate::cpu::{self, Plan, RowSink, StepSetup, Workspace, rows, tile};
+use crate::error::HeadError;
+use crate::float::{HeadFloat, Precision};
+use crate::init;
+use crate::loss::{LossConfig, LossKind};
+use crate::margin::Margin;
+use crate::sampling::sample_classes;
+use crate::sgd::{SparseSgdConfig, sgd_update};
+use crate::shard::ClassShard;
+use burn::config::Config;
+use plsc_comm::{CommExt, Communicator, ReduceOp};
+
+/// Default memory budget for the head's work buffers (logits kept between the passes when they
+/// fit): 1 GiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+
+/// Settings of the classification head.
+#[derive(Config, Debug)]
+pub struct HeadConfig {
+    /// Total number of classes `C` over all ranks.
+    pub num_classes: usize,
+    /// Embedding size `D`.
+    pub embedding_size: usize,
+    /// The loss and whether the head is sharded across ranks.
+    #[config(default = "LossConfig::dist_arcface()")]
+    pub loss: LossConfig,
+    /// Partial FC sampling ratio in (0, 1]; 1 uses every class.
+    #[config(default = 1.0)]
+    pub sample_ratio: f64,
+    /// Seed of the weight initialisation and of the class sampling.
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Class-tile width `K`; `None` lets `memory_budget` choose. A value at or above the
+    /// sampled class count keeps all logits (the materialised path).
+    #[config(default = "None")]
+    pub chunk_size: Option<usize>,
+    /// Bytes the head's work buffers may use beyond weight, momentum and gradient.
+    #[config(default = "DEFAULT_MEMORY_BUDGET")]
+    pub memory_budget: usize,
+    /// Precision of the matrix-product operands.
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
+    /// Compute the distributed top-1 / top-5 training accuracy.
+    #[config(default = false)]
+    pub calc_acc: bool,
+    /// Optimiser settings of the weight shard.
+    #[config(default = "SparseSgdConfig::new()")]
+    pub optimizer: SparseSgdConfig,
+}
+
+impl HeadConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), HeadError> {
+        self.loss.validate()?;
+        if self.num_classes == 0 || self.embedding_size == 0 {
+            return Err(HeadError::Config {
+                name: "num_classes/embedding_size",
+                detail: format!(
+                    "must be > 0, got {} and {}",
+                    self.num_classes, self.embedding_size
+                ),
+            });
+        }
+        if !(self.sample_ratio > 0.0 && self.sample_ratio <= 1.0) {
+            return Err(HeadError::Config {
+                name: "sample_ratio",
+                detail: format!("must be in (0, 1], got {}", self.sample_ratio),
+            });
+        }
+        if !self.loss.sharded && self.sample_ratio < 1.0 {
+            return Err(HeadError::Config {
+                name: "sample_ratio",
+                detail: "class sampling needs the sharded head (a `dist_` loss): replicas would sample different classes".into(),
+            });
+        }
+        if self.chunk_size == Some(0) {
+            return Err(HeadError::Config {
+                name: "chunk_size",
+                detail: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What happens to the weight shard in a step.
+pub enum WeightUpdate<'a, T> {
+    /// Sparse SGD with momentum at this learning rate (settings from [`HeadConfig::optimizer`]).
+    Sgd { lr: f64 },
+    /// Leave the weight alone and write its gradient into `weight` (`[C_r, D]`, or `[C, D]` for
+    /// the replicated head) and `bias`; rows not used this step get zeros.
+    Gradient {
+        weight: &'a mut [T],
+        bias: Option<&'a mut [T]>,
+    },
+}
+
+/// Top-1 / top-5 accuracy over the global batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accuracy {
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// Which path a step took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadPath {
+    Materialised,
+    Chunked { tile: usize },
+}
+
+/// The result of one step on one rank.
+#[derive(Debug, Clone)]
+pub struct HeadOutput<T> {
+    /// Mean loss over the global batch (the same on every rank).
+    pub loss: f64,
+    /// `dL/dx` for this rank's own rows `[b, D]`.
+    pub grad_features: Vec<T>,
+    pub accuracy: Option<Accuracy>,
+    /// Classes of this rank that took part.
+    pub sampled_classes: usize,
+    pub path: HeadPath,
+    /// Flops of this rank's matrix products.
+    pub gemm_flops: f64,
+    /// Bytes held by the head's work buffers after the step (beyond weight and momentum).
+    pub workspace_bytes: usize,
+}
+
+/// One rank's part of the classification head: its weight rows, their momentum (and the bias
+/// of plain softmax), and reusable work buffers.
+pub struct ShardedHead<T: HeadFloat> {
+    config: HeadConfig,
+    shard: ClassShard,
+    world_size: usize,
+    weight: Vec<T>,
+    velocity: Vec<T>,
+    bias: Option<Vec<T>>,
+    bias_velocity: Option<Vec<T>>,
+    workspace: Workspace<T>,
+    xn: Vec<T>,
+}
+
+impl<T: HeadFloat> ShardedHead<T> {
+    /// Creates rank `rank`'s part, initialised from `(seed, class)` only. The replicated head
+    /// (`sharded = false`) holds every class on every rank.
+    pub fn new(config: HeadConfig, rank: usize, world_size: usize) -> Result<Self, HeadError> {
+        config.validate()?;
+        let shard = if config.loss.sharded {
+            ClassShard::for_rank(config.num_classes, world_size, rank)?
+        } else {
+            ClassShard {
+                rank,
+                start: 0,
+                len: config.num_classes,
+            }
+        };
+        let d = config.embedding_size;
+        let mut weight = vec![T::zero(); shard.len * d];
+        init::init_rows(config.seed, shard.start, d, &mut weight);
+        let softmax = config.loss.kind == LossKind::Softmax;
+        Ok(Self {
+            velocity: vec![T::zero(); shard.len * d],
+            bias: softmax.then(|| init::init_bias(shard.len)),
+            bias_velocity: softmax.then(|| vec![T::zero(); shard.len]),
+            config,
+            shard,
+            world_size,
+            weight,
+            workspace: Workspace::default(),
+            xn: Vec::new(),
+        })
+    }
+
+    /// Replaces weight (and bias) rows, for loading checkpoints or given weights.
+    pub fn set_weight(&mut self, weight: Vec<T>, bias: Option<Vec<T>>) -> Result<(), HeadError> {
+        let expected = vec![self.shard.len, self.config.embedding_size];
+        if weight.len() != self.shard.len * self.config.embedding_size {
+            return Err(HeadError::Shape {
+                rank: self.shard.rank,
+                tensor: "weight",
+                got: vec![weight.len()],
+                expected,
+            });
+        }
+        match (&mut self.bias, bias) {
+            (Some(b), Some(new)) if new.len() == self.shard.len => *b = new,
+            (Some(_), Some(new)) => {
+                return Err(HeadError::Shape {
+                    rank: self.shard.rank,
+                    tensor: "bias",
+                    got: vec![new.len()],
+                    expected: vec![self.shard.len],
+                });
+            }
+            _ => {}
+        }
+        self.weight = weight;
+        Ok(())
+    }
+
+    /// Replaces the momentum rows (checkpoint resume).
+    pub fn set_velocity(
+        &mut self,
+        velocity: Vec<T>,
+        bias_velocity: Option<Vec<T>>,
+    ) -> Result<(), HeadError> {
+        if velocity.len() != self.weight.len() {
+            return Err(HeadError::Shape {
+                rank: self.shard.rank,
+                tensor: "momentum",
+                got: vec![velocity.len()],
+                expected: vec![self.shard.len, self.config.embedding_size],
+            });
+        }
+        self.velocity = velocity;
+        if let (Some(bv), Some(new)) = (&mut self.bias_velocity, bias_velocity)
+            && new.len() == bv.len()
+        {
+            *bv = new;
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &HeadConfig {
+        &self.config
+    }
+    pub fn shard(&self) -> ClassShard {
+        self.shard
+    }
+    /// Weight rows `[C_r, D]`, row-major.
+    pub fn weight(&self) -> &[T] {
+        &self.weight
+    }
+    /// Momentum rows `[C_r, D]`.
+    pub fn velocity(&self) -> &[T] {
+        &self.velocity
+    }
+    /// Bias (plain softmax only).
+    pub fn bias(&self) -> Option<&[T]> {
+        self.bias.as_deref()
+    }
+    pub fn bias_velocity(&self) -> Option<&[T]> {
+        self.bias_velocity.as_deref()
+    }
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// One forward + backward step (see the module doc). `step` seeds the class sampling.
+    pub fn step(
+        &mut self,
+        comm: &dyn Communicator,
+        features: &[T],
+        labels: &[i64],
+        step: u64,
+        update: WeightUpdate<'_, T>,
+    ) -> Result<HeadOutput<T>, HeadError> {
+        let d = self.config.embedding_size;
+        let rank = comm.rank();
+        let local_rows = labels.len();
+        if features.len() != local_rows * d {
+            return Err(HeadError::Shape {
+                rank,
+                tensor: "features",
+                got: vec![features.len()],
+                expected: vec![local_rows, d],
+            });
+        }
+        let sharded = self.config.loss.sharded;
+
+        // 1. all-gather features and labels (sharded head only).
+        let (xg, labels_g, row_counts) = if sharded && comm.world_size() > 1 {
+            let (xg, elem_counts) = comm.all_gather_varcount(features)?;
+            let (lg, row_counts) = comm.all_gather_varcount(labels)?;
+            for (r, (e, n)) in elem_counts.iter().zip(&row_counts).enumerate() {
+                if *e != n * d {
+                    return Err(HeadError::Shape {
+                        rank: r,
+                        tensor: "features",
+                        got: vec![*e],
+                        expected: vec![*n, d],
+                    });
+                }
+            }
+            (xg, lg, row_counts)
+        } else {
+            (features.to_vec(), labels.to_vec(), vec![local_rows])
+        };
+        let rows = labels_g.len();
+        for (i, &y) in labels_g.iter().enumerate() {
+            if y < 0 || y as usize >= self.config.num_classes {
+                let (src_rank, sample) = locate(&row_counts, i);
+                return Err(HeadError::LabelOutOfRange {
+                    rank: src_rank,
+                    sample,
+                    label: y,
+                    num_classes: self.config.num_classes,
+                });
+            }
+        }
+        let batch_norm = if sharded {
+            rows
+        } else {
+            let mut n = [local_rows as i64];
+            comm.all_reduce(&mut n, ReduceOp::Sum)?;
+            n[0] as usize
+        };
+
+        // 2. normalise, sample.
+        let precision = self.config.precision;
+        let inv_xnorm = match self.config.loss.kind {
+            LossKind::Margin(_) => Some(rows::normalize_rows(&xg, d, &mut self.xn)),
+            LossKind::Softmax => {
+                self.xn.clear();
+                self.xn.extend_from_slice(&xg);
+                None
+            }
+        };
+        let xop: Vec<T> = if precision == Precision::F32 {
+            Vec::new()
+        } else {
+            self.xn.iter().map(|v| v.round_to(precision)).collect()
+        };
+        let mut positives: Vec<usize> = labels_g
+            .iter()
+            .filter(|y| self.shard.contains(**y as usize))
+            .map(|y| *y as usize - self.shard.start)
+            .collect();
+        positives.sort_unstable();
+        positives.dedup();
+        let sampled = sample_classes(
+            self.shard.len,
+            &positives,
+            self.config.sample_ratio,
+            self.config.seed,
+            step,
+            self.shard.rank,
+        );
+        let targets: Vec<usize> = labels_g
+            .iter()
+            .map(|y| {
+                let y = *y as usize;
+                if self.shard.contains(y) {
+                    sampled
+                        .position_of(y - self.shard.start)
+                        .unwrap_or(tile::NO_TARGET)
+                } else {
+                    tile::NO_TARGET
+                }
+            })
+            .collect();
+        let loss = match &self.config.loss.kind {
+            LossKind::Softmax => tile::TileLoss::Softmax,
+            LossKind::Margin(m) => tile::TileLoss::Margin {
+                margin: Margin::new(m),
+                scale: T::from_f64(m.scale),
+                filter: m.interclass_filter.map(T::from_f64),
+            },
+        };
+        let plan = Plan::new(
+            rows,
+            d,
+            sampled.len(),
+            rayon::current_num_threads(),
+            self.config.chunk_size,
+            self.config.memory_budget,
+            size_of::<T>(),
+        );
+        let setup = StepSetup {
+            rows,
+            dim: d,
+            xop: if precision == Precision::F32 {
+                &self.xn
+            } else {
+                &xop
+            },
+            targets: &targets,
+            sampled: &sampled,
+            class_offset: self.shard.start,
+            loss,
+            precision,
+            calc_acc: self.config.calc_acc,
+        };
+
+        // 3. forward over this rank's class tiles.
+        let mut stats = cpu::forward(
+            &mut self.workspace,
+            &setup,
+            &plan,
+            &self.weight,
+            self.bias.as_deref(),
+        );
+
+        // 4. all-reduce max, then the fused sum of rescaled sum-exp and target logits.
+        if sharded && comm.world_size() > 1 {
+            let mut global_max = stats.max.clone();
+            comm.all_reduce(&mut global_max, ReduceOp::Max)?;
+            for i in 0..rows {
+                stats.sum[i] = if stats.max[i] == T::neg_infinity() {
+                    T::zero()
+                } else {
+                    stats.sum[i] * (stats.max[i] - global_max[i]).exp()
+                };
+            }
+            stats.max = global_max;
+            comm.all_reduce_sum_fused(&mut [&mut stats.sum, &mut stats.target])?;
+        }
+        let lse: Vec<T> = (0..rows)
+            .map(|i| stats.max[i] + stats.sum[i].ln())
+            .collect();
+        let loss_sum: f64 = (0..rows).map(|i| (lse[i] - stats.target[i]).as_f64()).sum();
+
+        // 5. backward over the same tiles, with the weight update or gradient.
+        let inv_batch = T::one() / T::from_f64(batch_norm as f64);
+        let replicated = !sharded && comm.world_size() > 1;
+        let mut sgd_lr = None;
+        let mut dense: Option<(Vec<T>, Option<Vec<T>>)> = None;
+        let (mut grad_w, mut grad_b): (Option<&mut [T]>, Option<&mut [T]>) = (None, None);
+        match update {
+            WeightUpdate::Sgd { lr } => {
+                sgd_lr = Some(lr);
+                if replicated {
+                    // The replicas' gradients are summed before the (dense) update.
+                    dense = Some((
+                        vec![T::zero(); self.weight.len()],
+                        self.bias.as_ref().map(|b| vec![T::zero(); b.len()]),
+                    ));
+                }
+            }
+            WeightUpdate::Gradient { weight, bias } => {
+                if weight.len() != self.weight.len() {
+                    return Err(HeadError::Shape {
+                        rank,
+                        tensor: "grad_weight",
+                        got: vec![weight.len()],
+                        expected: vec![self.shard.len, d],
+                    });
+                }
+                weight.fill(T::zero());
+                grad_w = Some(weight);
+                if let Some(b) = bias {
+                    b.fill(T::zero());
+                    grad_b = Some(b);
+                }
+            }
+        }
+        if let Some((w, b)) = dense.as_mut() {
+            grad_w = Some(w);
+            grad_b = b.as_deref_mut();
+        }
+        let opt = &self.config.optimizer;
+        let (momentum, weight_decay) = (T::from_f64(opt.momentum), T::from_f64(opt.weight_decay));
+        let sink = match grad_w.as_deref_mut() {
+            Some(weight) => RowSink::Gradient {
+                weight,
+                bias: grad_b.as_deref_mut(),
+            },
+            None => RowSink::Sgd {
+                lr: T::from_f64(sgd_lr.unwrap_or(0.0)),
+                momentum,
+                weight_decay,
+                velocity: &mut self.velocity,
+                bias_velocity: self.bias_velocity.as_deref_mut(),
+            },
+        };
+        let mut dxn = cpu::backward(
+            &mut self.workspace,
+            &setup,
+            &plan,
+            &lse,
+            &stats.dpsi,
+            inv_batch,
+            &mut self.weight,
+            self.bias.as_deref_mut(),
+            sink,
+        );
+        if replicated {
+            if let Some(g) = grad_w.as_deref_mut() {
+                comm.all_reduce(g, ReduceOp::Sum)?;
+            }
+            if let Some(g) = grad_b.as_deref_mut() {
+                comm.all_reduce(g, ReduceOp::Sum)?;
+            }
+            if let (Some(lr), Some((gw, gb))) = (sgd_lr, dense.as_ref()) {
+                let lr = T::from_f64(lr);
+                sgd_update(
+                    &mut self.weight,
+                    &mut self.velocity,
+                    gw,
+                    lr,
+                    momentum,
+                    weight_decay,
+                );
+                if let (Some(b), Some(bv), Some(g)) =
+                    (self.bias.as_mut(), self.bias_velocity.as_mut(), gb.as_ref())
+                {
+                    sgd_update(b, bv, g, lr, momentum, weight_decay);
+                }
+            }
+        }
+
+        // 6. reduce-scatter the feature gradient to the rows' owners; normalisation backward.
+        let mut grad = if sharded && comm.world_size() > 1 {
+            let counts: Vec<usize> = row_counts.iter().map(|n| n * d).collect();
+            let mut mine = vec![T::zero(); local_rows * d];
+            comm.reduce_scatter(&dxn, &mut mine, &counts)?;
+            mine
+        } else {
+            dxn.truncate(local_rows * d);
+            dxn
+        };
+        if let Some(inv) = &inv_xnorm {
+            let first = row_counts[..rank.min(row_counts.len() - 1)]
+                .iter()
+                .sum::<usize>()
+                * usize::from(sharded && comm.world_size() > 1);
+            for i in 0..local_rows {
+                let xn_row = &self.xn[(first + i) * d..(first + i + 1) * d];
+                rows::normalize_backward_row(&mut grad[i * d..(i + 1) * d], xn_row, inv[first + i]);
+            }
+        }
+        let accuracy = if self.config.calc_acc {
+            Some(self.accuracy(comm, &stats.topk, &labels_g, sharded)?)
+        } else {
+            None
+        };
+        let mut loss_total = loss_sum;
+        if !sharded && comm.world_size() > 1 {
+            let mut l = [loss_total];
+            comm.all_reduce(&mut l, ReduceOp::Sum)?;
+            loss_total = l[0];
+        }
+        Ok(HeadOutput {
+            loss: loss_total / batch_norm as f64,
+            grad_features: grad,
+            accuracy,
+            sampled_classes: sampled.len(),
+            path: if plan.materialise {
+                HeadPath::Materialised
+            } else {
+                HeadPath::Chunked { tile: plan.tile }
+            },
+            gemm_flops: plan.gemm_flops(rows, d, sampled.len()),
+            workspace_bytes: self.workspace.bytes() + self.xn.capacity() * size_of::<T>(),
+        })
+    }
+}
+
+impl<T: HeadFloat> ShardedHead<T> {
+    /// Top-1 / top-5 over the global batch: the sharded head all-gathers each rank's per-row
+    /// top-5 (values and class indices, never the logits) and merges them in rank order; the
+    /// replicated head sums its hit counts.
+    fn accuracy(
+        &self,
+        comm: &dyn Communicator,
+        topk: &[TopK],
+        labels: &[i64],
+        sharded: bool,
+    ) -> Result<Accuracy, HeadError> {
+        let rows = labels.len();
+        let mut merged = topk.to_vec();
+        if sharded && comm.world_size() > 1 {
+            let values: Vec<f64> = topk.iter().flat_map(|t| t.values).collect();
+            let classes: Vec<i64> = topk.iter().flat_map(|t| t.classes).collect();
+            let all_values = comm.all_gather(&values)?;
+            let all_classes = comm.all_gather(&classes)?;
+            merged = vec![TopK::default(); rows];
+            for r in 0..comm.world_size() {
+                for (i, m) in merged.iter_mut().enumerate() {
+                    let at = (r * rows + i) * TOPK;
+                    let mut other = TopK::default();
+                    other.values.copy_from_slice(&all_values[at..at + TOPK]);
+                    other.classes.copy_from_slice(&all_classes[at..at + TOPK]);
+                    m.merge(&other);
+                }
+            }
+        }
+        let mut hits = [0.0f64, 0.0, rows as f64];
+        for (t, y) in merged.iter().zip(labels) {
+            hits[0] += f64::from(u8::from(t.hit(*y, 1)));
+            hits[1] += f64::from(u8::from(t.hit(*y, 5)));
+        }
+        if !sharded && comm.world_size() > 1 {
+            comm.all_reduce(&mut hits, ReduceOp::Sum)?;
+        }
+        let n = hits[2].max(1.0);
+        Ok(Accuracy {
+            top1: hits[0] / n,
+            top5: hits[1] / n,
+        })
+    }
+}
+
+/// Maps a global row index to (source rank, index within that rank's rows).
+fn locate(row_counts: &[usize], mut i: usize) -> (usize, usize) {
+    for (r, n) in row_counts.iter().enumerate() {
+        if i < *n {
+            return (r, i);
+        }
+        i -= n;
+    }
+    (row_counts.len().saturating_sub(1), i)
+}
