@@ -84,12 +84,20 @@ pub trait CommExt: Communicator {
         Ok(recv)
     }
     /// Variable-count all-gather: the concatenation in rank order and each rank's count.
-    fn all_gather_varcount<T: Element>(&self, send: &[T]) -> Result<(Vec<T>, Vec<usize>), CommError> {
+    fn all_gather_varcount<T: Element>(
+        &self,
+        send: &[T],
+    ) -> Result<(Vec<T>, Vec<usize>), CommError> {
         let mut recv = T::empty_host_vec();
         let counts = self.all_gather_varcount_raw(T::slice(send), &mut recv)?;
         Ok((T::unwrap_host_vec(recv), counts))
     }
-    fn reduce_scatter<T: Element>(&self, send: &[T], recv: &mut [T], counts: &[usize]) -> Result<(), CommError> {
+    fn reduce_scatter<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<(), CommError> {
         self.reduce_scatter_raw(T::slice(send), T::slice_mut(recv), counts)
     }
     fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {

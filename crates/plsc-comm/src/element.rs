@@ -93,6 +93,8 @@ pub trait Element: sealed::Sealed + Copy + Default + Send + Sync + PartialOrd + 
     fn slice_mut(s: &mut [Self]) -> HostSliceMut<'_>;
     fn empty_host_vec() -> HostVec;
     fn unwrap_host_vec(v: HostVec) -> Vec<Self>;
+    /// Wraps an owned vector of this type (the inverse of [`Element::unwrap_host_vec`]).
+    fn into_host_vec(v: Vec<Self>) -> HostVec;
     /// Sum (wrapping for integers).
     fn add(a: Self, b: Self) -> Self;
     /// Maximum, propagating NaN.
@@ -120,17 +122,32 @@ macro_rules! float_element {
                     _ => Vec::new(),
                 }
             }
+            fn into_host_vec(v: Vec<Self>) -> HostVec {
+                HostVec::$v(v)
+            }
             #[inline(always)]
             fn add(a: Self, b: Self) -> Self {
                 a + b
             }
             #[inline(always)]
             fn max(a: Self, b: Self) -> Self {
-                if a.is_nan() || b.is_nan() { <$t>::NAN } else if b > a { b } else { a }
+                if a.is_nan() || b.is_nan() {
+                    <$t>::NAN
+                } else if b > a {
+                    b
+                } else {
+                    a
+                }
             }
             #[inline(always)]
             fn min(a: Self, b: Self) -> Self {
-                if a.is_nan() || b.is_nan() { <$t>::NAN } else if b < a { b } else { a }
+                if a.is_nan() || b.is_nan() {
+                    <$t>::NAN
+                } else if b < a {
+                    b
+                } else {
+                    a
+                }
             }
         }
     };
@@ -154,6 +171,9 @@ macro_rules! int_element {
                     HostVec::$v(v) => v,
                     _ => Vec::new(),
                 }
+            }
+            fn into_host_vec(v: Vec<Self>) -> HostVec {
+                HostVec::$v(v)
             }
             #[inline(always)]
             fn add(a: Self, b: Self) -> Self {

@@ -6,29 +6,66 @@ pub enum CommError {
     /// Another rank dropped its communicator (it finished, returned an error or panicked) while
     /// this rank still expected it in a collective.
     #[error("rank {rank}: {op}: rank {peer} left the group ({reason})")]
-    PeerLeft { rank: usize, op: &'static str, peer: usize, reason: String },
+    PeerLeft {
+        rank: usize,
+        op: &'static str,
+        peer: usize,
+        reason: String,
+    },
     /// The ranks called different collectives, or the same one with incompatible arguments.
     #[error("rank {rank}: {op}: mismatched call across ranks: {detail}")]
-    Mismatch { rank: usize, op: &'static str, detail: String },
+    Mismatch {
+        rank: usize,
+        op: &'static str,
+        detail: String,
+    },
     /// The element types differ across ranks.
     #[error("rank {rank}: {op}: element type {mine:?} here but {theirs:?} on rank {peer}")]
-    DTypeMismatch { rank: usize, op: &'static str, mine: DType, theirs: DType, peer: usize },
+    DTypeMismatch {
+        rank: usize,
+        op: &'static str,
+        mine: DType,
+        theirs: DType,
+        peer: usize,
+    },
     /// Buffer lengths are wrong for this collective (checked before any data moves).
     #[error("rank {rank}: {op}: {detail}")]
-    BadLength { rank: usize, op: &'static str, detail: String },
+    BadLength {
+        rank: usize,
+        op: &'static str,
+        detail: String,
+    },
     /// The optional timeout passed before every rank arrived.
     #[error("rank {rank}: {op}: timed out after {waited_ms} ms waiting for ranks {missing:?}")]
-    Timeout { rank: usize, op: &'static str, waited_ms: u128, missing: Vec<usize> },
+    Timeout {
+        rank: usize,
+        op: &'static str,
+        waited_ms: u128,
+        missing: Vec<usize>,
+    },
     /// A rank index is out of range (for example the root of a broadcast).
     #[error("rank {rank}: {op}: rank {bad} is out of range for world size {world}")]
-    BadRank { rank: usize, op: &'static str, bad: usize, world: usize },
+    BadRank {
+        rank: usize,
+        op: &'static str,
+        bad: usize,
+        world: usize,
+    },
     /// The group is unusable after an earlier failure (timeout or a peer leaving).
     #[error("rank {rank}: {op}: the group is broken: {cause}")]
-    Broken { rank: usize, op: &'static str, cause: String },
+    Broken {
+        rank: usize,
+        op: &'static str,
+        cause: String,
+    },
     /// A rank thread panicked (reported by [`crate::run_ranks`]).
     #[error("rank {rank} panicked: {message}")]
     Panicked { rank: usize, message: String },
     /// A backend-specific failure (NCCL, MPI, rendezvous).
     #[error("rank {rank}: {op}: {detail}")]
-    Backend { rank: usize, op: &'static str, detail: String },
+    Backend {
+        rank: usize,
+        op: &'static str,
+        detail: String,
+    },
 }

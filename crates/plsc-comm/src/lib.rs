@@ -13,4 +13,4 @@ mod thread_group;
 pub use communicator::{CommExt, Communicator, ReduceOp};
 pub use element::{DType, Element, HostSlice, HostSliceMut, HostVec};
 pub use error::CommError;
-pub use thread_group::{ThreadGroup, ThreadGroupOptions, run_ranks};
+pub use thread_group::{ThreadComm, ThreadGroup, ThreadGroupOptions, run_ranks, run_ranks_with};
