@@ -2,3 +2,26 @@
 //! importers (MXNet RecordIO, image folders, label lists) and per-rank batch streams.
 //!
 //! In the flow: **`data`** -> `models` (backbone) -> `core` (head). A leaf crate.
+//!
+//! - [`format`]: the layout (`file_list.txt` + parts of `<base64>\t<label>` lines), line
+//!   parsing and the `--skip-bad` policy.
+//! - [`shuffle`]: global shuffle-and-split over memory-mapped inputs.
+//! - [`recordio`]: MXNet RecordIO `.rec`/`.idx` (InsightFace's MS1M, Glint360K, WebFace).
+//! - [`import`], [`synth`], [`inspect`]: the data tools.
+//! - [`decode`], [`source`], [`stream`]: decoding, augmentation and per-rank batches.
+
+pub mod decode;
+pub mod error;
+pub mod format;
+pub mod import;
+pub mod index;
+pub mod inspect;
+pub mod output;
+pub mod recordio;
+pub mod shuffle;
+pub mod source;
+pub mod stream;
+pub mod synth;
+pub mod writer;
+
+pub use error::{DataError, LineError, Location, Result};

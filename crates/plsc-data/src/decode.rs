@@ -1,0 +1,94 @@
+//! Decoding and augmentation: encoded JPEG/PNG/PNM bytes -> resized, optionally flipped,
+//! normalised CHW `f32`.
+
+use image::imageops::FilterType;
+use image::{DynamicImage, GenericImageView};
+
+/// How samples become model input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSpec {
+    /// Model input height.
+    pub height: u32,
+    /// Model input width.
+    pub width: u32,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    /// Per-channel mean subtracted from 0..255 pixel values (index 0 used for grayscale).
+    pub mean: [f32; 3],
+    /// Per-channel divisor after subtracting the mean.
+    pub std: [f32; 3],
+}
+
+impl Default for ImageSpec {
+    /// 112x112 RGB, `(x - 127.5) / 128` (InsightFace / PLSC).
+    fn default() -> Self {
+        Self {
+            height: 112,
+            width: 112,
+            channels: 3,
+            mean: [127.5; 3],
+            std: [128.0; 3],
+        }
+    }
+}
+
+impl ImageSpec {
+    /// Floats per image (`channels * height * width`).
+    pub fn numel(&self) -> usize {
+        self.channels * self.height as usize * self.width as usize
+    }
+}
+
+/// Decodes `bytes`, resizes to the spec when the size differs (bilinear), flips horizontally
+/// when `flip`, and writes the normalised CHW image into `out` (`spec.numel()` floats).
+pub fn decode_into(
+    bytes: &[u8],
+    spec: &ImageSpec,
+    flip: bool,
+    out: &mut [f32],
+) -> Result<(), String> {
+    debug_assert_eq!(out.len(), spec.numel());
+    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    let img = if img.dimensions() != (spec.width, spec.height) {
+        img.resize_exact(spec.width, spec.height, FilterType::Triangle)
+    } else {
+        img
+    };
+    let (w, h) = (spec.width as usize, spec.height as usize);
+    let plane = w * h;
+    match spec.channels {
+        1 => {
+            let g = match img {
+                DynamicImage::ImageLuma8(g) => g,
+                other => other.to_luma8(),
+            };
+            let (m, s) = (spec.mean[0], 1.0 / spec.std[0]);
+            for (y, row) in g.as_raw().chunks_exact(w).enumerate() {
+                let dst = &mut out[y * w..(y + 1) * w];
+                for (x, &v) in row.iter().enumerate() {
+                    let xx = if flip { w - 1 - x } else { x };
+                    dst[xx] = (v as f32 - m) * s;
+                }
+            }
+        }
+        3 => {
+            let rgb = match img {
+                DynamicImage::ImageRgb8(c) => c,
+                other => other.to_rgb8(),
+            };
+            let inv = [1.0 / spec.std[0], 1.0 / spec.std[1], 1.0 / spec.std[2]];
+            for (y, row) in rgb.as_raw().chunks_exact(3 * w).enumerate() {
+                for (x, px) in row.chunks_exact(3).enumerate() {
+                    let xx = if flip { w - 1 - x } else { x };
+                    let at = y * w + xx;
+                    for c in 0..3 {
+                        out[c * plane + at] = (px[c] as f32 - spec.mean[c]) * inv[c];
+                    }
+                }
+            }
+        }
+        c => return Err(format!("channels must be 1 or 3, not {c}")),
+    }
+    let _ = h;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Importers into the base64 layout: MXNet RecordIO, a folder per class, and PLSC's
+//! `label.txt` (`path label` lines).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, LineError, Location, Result};
+use crate::format::{ImageCheck, check_image};
+use crate::recordio::RecDataset;
+use crate::writer::{CLASS_MAP_NAME, WriteOptions, WriteSummary, write_dataset};
+
+fn image_err(location: Location, e: LineError) -> DataError {
+    match location {
+        Location::Line { .. } => DataError::Line { location, error: e },
+        Location::Record { .. } => DataError::Decode {
+            location,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Imports the images of an MXNet `.rec` (InsightFace layout, header record understood).
+/// Each image's format is checked from its header; labels must be below the header record's
+/// class count when it has one.
+pub fn import_rec(rec: &Path, idx: Option<&Path>, opts: &WriteOptions) -> Result<WriteSummary> {
+    let data = RecDataset::open(rec, idx)?;
+    data.file().advise_random();
+    let classes = data.classes();
+    tracing::info!(
+        "{}: {} image records{}",
+        rec.display(),
+        data.len(),
+        classes.map_or(String::new(), |c| format!(", {c} classes"))
+    );
+    let mut protect = vec![rec.to_path_buf()];
+    protect.extend(idx.map(Path::to_path_buf));
+    write_dataset(
+        opts,
+        data.len(),
+        |i| {
+            let (img, label) = data.get(i)?;
+            if let Some(c) = classes
+                && label as u64 >= c
+            {
+                return Err(image_err(
+                    data.location(i),
+                    LineError::LabelOutOfRange { label, classes: c },
+                ));
+            }
+            check_image(&img, ImageCheck::Header).map_err(|e| image_err(data.location(i), e))?;
+            Ok((img.into_owned(), label))
+        },
+        &[],
+        &protect,
+    )
+}
+
+fn read_image(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    check_image(&bytes, ImageCheck::Header).map_err(|e| DataError::Decode {
+        location: Location::Line {
+            file: path.to_path_buf(),
+            line: 1,
+        },
+        reason: e.to_string(),
+    })?;
+    Ok(bytes)
+}
+
+/// Imports `root/<class>/<image>`: one sub-folder per class, class ids assigned by sorted
+/// folder name, images by sorted file name. Writes `class_map.tsv` (`id\tname`) next to
+/// `file_list.txt`. Files that are not JPEG/PNG/PNM images are bad input.
+pub fn import_folder(root: &Path, opts: &WriteOptions) -> Result<WriteSummary> {
+    let read_dir = |d: &Path| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| DataError::io(d, e))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| DataError::io(d, e))?;
+        v.sort();
+        Ok(v)
+    };
+    let classes: Vec<PathBuf> = read_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
+    if classes.is_empty() {
+        return Err(DataError::Empty {
+            what: format!("{} (no class sub-folders)", root.display()),
+        });
+    }
+    let mut items: Vec<(PathBuf, i64)> = Vec::new();
+    let mut map = String::new();
+    for (id, dir) in classes.iter().enumerate() {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        map.push_str(&format!("{id}\t{name}\n"));
+        for f in read_dir(dir)? {
+            if f.is_file() {
+                items.push((f, id as i64));
+            }
+        }
+    }
+    tracing::info!(
+        "{}: {} images in {} classes",
+        root.display(),
+        items.len(),
+        classes.len()
+    );
+    write_dataset(
+        opts,
+        items.len(),
+        |i| Ok((read_image(&items[i].0)?, items[i].1)),
+        &[(CLASS_MAP_NAME, map)],
+        &[root.to_path_buf()],
+    )
+}
+
+/// Imports PLSC's `label.txt`: lines `path label` (whitespace-separated; paths relative to the
+/// list's folder). Bad lines (no label, non-integer or negative label, label >= `classes`,
+/// missing or non-image file) name the list's line.
+pub fn import_list(list: &Path, classes: Option<u64>, opts: &WriteOptions) -> Result<WriteSummary> {
+    let text = std::fs::read(list).map_err(|e| DataError::io(list, e))?;
+    let dir = list.parent().unwrap_or(Path::new("."));
+    // (line number, path, label or the line's error)
+    let mut items: Vec<(u64, PathBuf, std::result::Result<i64, LineError>)> = Vec::new();
+    for (line_no, _, content) in crate::format::lines(&text) {
+        let s = String::from_utf8_lossy(content);
+        let s = s.trim();
+        if s.is_empty() {
+            continue;
+        }
+        let (path, label) = match s.rsplit_once(char::is_whitespace) {
+            Some((p, l)) => (p.trim_end(), l),
+            None => (s, ""),
+        };
+        let label = if label.is_empty() {
+            Err(LineError::LabelNotInteger(String::new()))
+        } else {
+            match label.parse::<i64>() {
+                Err(_) => Err(LineError::LabelNotInteger(label.to_string())),
+                Ok(l) if l < 0 => Err(LineError::NegativeLabel(l)),
+                Ok(l) => match classes {
+                    Some(c) if l as u64 >= c => Err(LineError::LabelOutOfRange {
+                        label: l,
+                        classes: c,
+                    }),
+                    _ => Ok(l),
+                },
+            }
+        };
+        items.push((line_no, dir.join(path), label));
+    }
+    write_dataset(
+        opts,
+        items.len(),
+        |i| {
+            let (line, path, label) = &items[i];
+            let at = |error| DataError::line(list, *line, error);
+            let label = label.clone().map_err(at)?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| at(LineError::NotAnImage(format!("{}: {e}", path.display()))))?;
+            check_image(&bytes, ImageCheck::Header).map_err(at)?;
+            Ok((bytes, label))
+        },
+        &[],
+        &[list.to_path_buf()],
+    )
+}

@@ -1,0 +1,203 @@
+//! An index of the non-empty lines of part files, held as `u64` offsets into memory-mapped
+//! files: the file contents stay in the page cache (file-backed), never in anonymous memory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::error::{DataError, Location, Result};
+
+/// One memory-mapped part file.
+#[derive(Debug)]
+pub struct MappedFile {
+    path: PathBuf,
+    map: Option<Mmap>,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only (an empty file maps to an empty slice).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the map is read-only; the tools never write their inputs, and a
+            // concurrent writer to the same file from elsewhere is documented as unsupported.
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?)
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hints the kernel about the access pattern (no-op where unsupported).
+    pub fn advise_random(&self) {
+        #[cfg(unix)]
+        if let Some(m) = &self.map {
+            let _ = m.advise(memmap2::Advice::Random);
+        }
+    }
+}
+
+/// Non-empty lines of a set of part files, addressed by a global byte offset (the files laid
+/// end to end). Empty lines (nothing but a line ending) are not samples; they are counted.
+#[derive(Debug)]
+pub struct LineIndex {
+    files: Vec<MappedFile>,
+    /// Global offset of each file's first byte; `bases.len() == files.len()`.
+    bases: Vec<u64>,
+    /// Global offsets of the non-empty lines, in file order.
+    starts: Vec<u64>,
+    empty_lines: u64,
+    bytes: u64,
+}
+
+impl LineIndex {
+    /// Maps and indexes `paths` (files scanned in parallel).
+    pub fn build(paths: &[PathBuf]) -> Result<Self> {
+        let files: Vec<MappedFile> = paths
+            .iter()
+            .map(|p| MappedFile::open(p))
+            .collect::<Result<_>>()?;
+        let mut bases = Vec::with_capacity(files.len());
+        let mut total = 0u64;
+        for f in &files {
+            bases.push(total);
+            total += f.bytes().len() as u64;
+        }
+        let per_file: Vec<(Vec<u64>, u64)> = files
+            .par_iter()
+            .zip(bases.par_iter())
+            .map(|(f, &base)| {
+                #[cfg(unix)]
+                if let Some(m) = &f.map {
+                    let _ = m.advise(memmap2::Advice::Sequential);
+                }
+                let mut starts = Vec::new();
+                let mut empty = 0u64;
+                for (_, off, content) in crate::format::lines(f.bytes()) {
+                    if content.is_empty() {
+                        empty += 1;
+                    } else {
+                        starts.push(base + off as u64);
+                    }
+                }
+                (starts, empty)
+            })
+            .collect();
+        let n: usize = per_file.iter().map(|(s, _)| s.len()).sum();
+        let mut starts = Vec::with_capacity(n);
+        let mut empty_lines = 0;
+        for (s, e) in per_file {
+            starts.extend_from_slice(&s);
+            empty_lines += e;
+        }
+        Ok(Self {
+            files,
+            bases,
+            starts,
+            empty_lines,
+            bytes: total,
+        })
+    }
+
+    /// Number of non-empty lines.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether there are no non-empty lines.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Number of empty lines seen (not samples).
+    pub fn empty_lines(&self) -> u64 {
+        self.empty_lines
+    }
+
+    /// Total bytes of the indexed files.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The mapped files.
+    pub fn files(&self) -> &[MappedFile] {
+        &self.files
+    }
+
+    /// Global offsets of the non-empty lines (the index itself).
+    pub fn starts(&self) -> &[u64] {
+        &self.starts
+    }
+
+    /// Mutable access to the offsets, e.g. to shuffle them in place.
+    pub fn starts_mut(&mut self) -> &mut [u64] {
+        &mut self.starts
+    }
+
+    /// File number holding global offset `off`.
+    fn file_of(&self, off: u64) -> usize {
+        self.bases.partition_point(|&b| b <= off) - 1
+    }
+
+    /// The line at global offset `off` (content without its line ending) and its file number.
+    pub fn line_at(&self, off: u64) -> (usize, &[u8]) {
+        let fi = self.file_of(off);
+        let bytes = self.files[fi].bytes();
+        let start = (off - self.bases[fi]) as usize;
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |p| start + p);
+        (fi, crate::format::strip_cr(&bytes[start..end]))
+    }
+
+    /// Line `i` of the index (content without line ending) and its file number.
+    pub fn line(&self, i: usize) -> (usize, &[u8]) {
+        self.line_at(self.starts[i])
+    }
+
+    /// File and 1-based line number of the line at global offset `off` (counts newlines before
+    /// it; meant for error messages).
+    pub fn location_at(&self, off: u64) -> Location {
+        let fi = self.file_of(off);
+        let start = (off - self.bases[fi]) as usize;
+        let line = memchr::memchr_iter(b'\n', &self.files[fi].bytes()[..start]).count() as u64 + 1;
+        Location::Line {
+            file: self.files[fi].path.clone(),
+            line,
+        }
+    }
+
+    /// File and line of index entry `i`.
+    pub fn location(&self, i: usize) -> Location {
+        self.location_at(self.starts[i])
+    }
+
+    /// Hints random access for all mapped files.
+    pub fn advise_random(&self) {
+        for f in &self.files {
+            f.advise_random();
+        }
+    }
+}
+
+/// Counts the non-empty lines of a file without keeping an index.
+pub fn count_lines(path: &Path) -> Result<u64> {
+    let f = MappedFile::open(path)?;
+    Ok(crate::format::lines(f.bytes())
+        .filter(|(_, _, c)| !c.is_empty())
+        .count() as u64)
+}
