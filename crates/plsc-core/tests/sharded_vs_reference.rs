@@ -131,3 +131,16 @@ fn uneven_rows_per_rank_are_gathered_in_rank_order() {
         "uneven rows",
     );
 }
+
+#[test]
+fn many_tiles_per_worker_on_both_paths() {
+    // 1500 classes: several 256-wide tiles per worker, kept (materialised) or recomputed.
+    let p = problem(9, 1500, 8, 5);
+    for (name, loss) in losses() {
+        for n in [1, 2] {
+            for chunk in [None, Some(100)] {
+                check(&p, loss, n, chunk, false, name);
+            }
+        }
+    }
+}

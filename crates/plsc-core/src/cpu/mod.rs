@@ -440,14 +440,14 @@ pub fn backward<T: HeadFloat>(
         .iter()
         .map(|r| &ws.inv_norm[r.clone()])
         .collect();
-    let regions: Vec<Option<&[T]>> = plan
-        .ranges
-        .iter()
-        .map(|r| {
-            plan.materialise
-                .then(|| &ws.logits[r.start * rows..r.end * rows])
-        })
-        .collect();
+    let regions: Vec<Option<&mut [T]>> = if plan.materialise {
+        split_ranges(&mut ws.logits, &plan.ranges, rows)
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        plan.ranges.iter().map(|_| None).collect()
+    };
     let is_margin = matches!(setup.loss, TileLoss::Margin { .. });
     ws.workers
         .par_iter_mut()
@@ -459,7 +459,7 @@ pub fn backward<T: HeadFloat>(
         .zip(regions.into_par_iter())
         .zip(bounds.par_windows(2))
         .for_each(
-            |(((((((buf, range), wslice), mut bslice), mut part), inv), region), bound)| {
+            |(((((((buf, range), wslice), mut bslice), mut part), inv), mut region), bound)| {
                 let WorkerBuf {
                     wtile,
                     ztile,
@@ -488,8 +488,15 @@ pub fn backward<T: HeadFloat>(
                             bias_tile.push(b[class - off]);
                         }
                     }
-                    ztile.resize(rows * kc, T::zero());
-                    let g = &mut ztile[..rows * kc];
+                    let materialised = region.is_some();
+                    let g: &mut [T] = match region.as_deref_mut() {
+                        // The kept logits turn into the gradient in place.
+                        Some(r) => &mut r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows],
+                        None => {
+                            ztile.resize(rows * kc, T::zero());
+                            &mut ztile[..rows * kc]
+                        }
+                    };
                     {
                         let w_rows: &[T] = if rows_in_place(setup) {
                             &wslice[(p0 - off) * dim..(p0 - off + kc) * dim]
@@ -504,14 +511,9 @@ pub fn backward<T: HeadFloat>(
                             bias: bias_tile,
                             classes,
                         };
-                        match region {
-                            Some(r) => g.copy_from_slice(
-                                &r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows],
-                            ),
-                            None => {
-                                gemm::a_bt(g, setup.xop, w_rows, rows, kc, dim);
-                                tile::transform(g, rows, &info, setup.targets, &setup.loss, stats);
-                            }
+                        if !materialised {
+                            gemm::a_bt(g, setup.xop, w_rows, rows, kc, dim);
+                            tile::transform(g, rows, &info, setup.targets, &setup.loss, stats);
                         }
                         colsum.resize(kc, T::zero());
                         let sums = bslice.is_some().then_some(&mut colsum[..kc]);

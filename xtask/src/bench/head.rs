@@ -1,0 +1,203 @@
+//! `cargo xtask bench head`: one rank using all of this machine's threads, global batch B,
+//! embedding D; for each case the median step time (forward + backward + sparse SGD update),
+//! the GEMM rate of the path taken (6 B D C_s flops materialised, 8 B D C_s chunked), the rate of
+//! a plain `[B, D] x [D, C]` matmul on the same kernel (and on burn-flex) in the same run, and
+//! the head's work-buffer bytes beyond weight and momentum.
+
+use crate::machine::machine_info;
+use clap::Args;
+use plsc_comm::ThreadGroup;
+use plsc_core::{HeadConfig, HeadPath, LossConfig, ShardedHead, WeightUpdate};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct HeadArgs {
+    /// Global batch size B.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Embedding size D.
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Timed steps per case (after one warm-up step); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Cases to run, as `classes:ratio:budget_mib` (budget `default` = the head's default).
+    #[arg(long, value_delimiter = ',', default_values_t = [
+        "100000:1:default".to_string(),
+        "1000000:1:default".to_string(),
+        "1000000:1:64".to_string(),
+        "1000000:0.1:default".to_string(),
+    ])]
+    cases: Vec<String>,
+    /// Loss name (any of the head's names).
+    #[arg(long, default_value = "dist_arcface")]
+    loss: String,
+}
+
+#[derive(Serialize)]
+struct CaseReport {
+    classes: usize,
+    sample_ratio: f64,
+    memory_budget_bytes: usize,
+    path: String,
+    sampled_classes: usize,
+    step_seconds_median: f64,
+    step_seconds_all: Vec<f64>,
+    gemm_flops_per_step: f64,
+    achieved_gflops: f64,
+    plain_matmul_gflops: f64,
+    plain_matmul_gflops_burn_flex: f64,
+    ratio_to_plain_matmul: f64,
+    workspace_bytes: usize,
+    rss_growth_during_steps_bytes: u64,
+    loss_first: f64,
+    loss_last: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+/// Resident set size of this process, from /proc (0 where unavailable).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// GFLOP/s of `[b, d] x [d, c]` with the `gemm` crate on all rayon threads, into a reused
+/// buffer (median of `iters`).
+fn plain_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
+    let x: Vec<f32> = (0..b * d).map(|i| (i as f32 * 0.001).sin()).collect();
+    let w: Vec<f32> = (0..c * d).map(|i| (i as f32 * 0.0007).cos()).collect();
+    let mut out = vec![0.0f32; b * c];
+    let threads = rayon::current_num_threads();
+    let mut times = Vec::new();
+    for it in 0..=iters {
+        let t = Instant::now();
+        // SAFETY: x is [b, d], w is [c, d] read as its transpose [d, c], out is [b, c]; all
+        // strides below stay inside those buffers.
+        unsafe {
+            gemm::gemm(
+                b, c, d,
+                out.as_mut_ptr(), 1, c as isize, false,
+                x.as_ptr(), 1, d as isize,
+                w.as_ptr(), d as isize, 1,
+                0.0, 1.0, false, false, false,
+                gemm::Parallelism::Rayon(threads),
+            )
+        };
+        if it > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (b * d * c) as f64 / median(&times) / 1e9
+}
+
+/// The same product through burn-flex's matmul (a new output every call, as burn does).
+fn burn_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
+    use burn::backend::Flex;
+    use burn::tensor::{Distribution, Tensor};
+    let device = Default::default();
+    let x = Tensor::<Flex, 2>::random([b, d], Distribution::Default, &device);
+    let w = Tensor::<Flex, 2>::random([d, c], Distribution::Default, &device);
+    let mut times = Vec::new();
+    for it in 0..=iters {
+        let t = Instant::now();
+        let y = x.clone().matmul(w.clone());
+        let _ = y.into_data();
+        if it > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (b * d * c) as f64 / median(&times) / 1e9
+}
+
+fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    anyhow::ensure!(parts.len() == 3, "case `{spec}` must be classes:ratio:budget_mib");
+    let classes: usize = parts[0].parse()?;
+    let ratio: f64 = parts[1].parse()?;
+    let budget = if parts[2] == "default" { plsc_core::DEFAULT_MEMORY_BUDGET } else { parts[2].parse::<usize>()? << 20 };
+    let loss: LossConfig = args.loss.parse()?;
+    let config = HeadConfig::new(classes, args.dim).with_loss(loss).with_sample_ratio(ratio).with_memory_budget(budget).with_seed(1);
+    tracing::info!(classes, ratio, budget, "initialising head");
+    let mut head = ShardedHead::<f32>::new(config, 0, 1)?;
+    let comm = ThreadGroup::new(1).pop().expect("one communicator");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // A fresh batch every step, as in training (a repeated batch is learnt in a step or two).
+    let batches: Vec<(Vec<f32>, Vec<i64>)> = (0..=args.iters)
+        .map(|_| {
+            let x = (0..args.batch * args.dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let y = (0..args.batch).map(|_| rng.random_range(0..classes as i64)).collect();
+            (x, y)
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    let mut last = None;
+    let rss_before = rss_bytes();
+    for step in 0..=args.iters {
+        let t = Instant::now();
+        let (features, labels) = &batches[step];
+        let out = head.step(&comm, features, labels, step as u64, WeightUpdate::Sgd { lr: 0.1 })?;
+        let dt = t.elapsed().as_secs_f64();
+        if step > 0 {
+            times.push(dt);
+        }
+        losses.push(out.loss);
+        tracing::info!(classes, step, seconds = dt, loss = out.loss, "step");
+        last = Some(out);
+    }
+    let rss_growth = rss_bytes().saturating_sub(rss_before);
+    let out = last.expect("at least one step");
+    let step_median = median(&times);
+    let plain = plain_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters);
+    let burn_rate = burn_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters.min(2));
+    let achieved = out.gemm_flops / step_median / 1e9;
+    Ok(CaseReport {
+        classes,
+        sample_ratio: ratio,
+        memory_budget_bytes: budget,
+        path: match out.path {
+            HeadPath::Materialised => "materialised".into(),
+            HeadPath::Chunked { tile } => format!("chunked (tile {tile})"),
+        },
+        sampled_classes: out.sampled_classes,
+        step_seconds_median: step_median,
+        step_seconds_all: times,
+        gemm_flops_per_step: out.gemm_flops,
+        achieved_gflops: achieved,
+        plain_matmul_gflops: plain,
+        plain_matmul_gflops_burn_flex: burn_rate,
+        ratio_to_plain_matmul: achieved / plain,
+        workspace_bytes: out.workspace_bytes,
+        rss_growth_during_steps_bytes: rss_growth,
+        loss_first: losses[0],
+        loss_last: *losses.last().unwrap_or(&f64::NAN),
+    })
+}
+
+pub fn run(args: HeadArgs) -> anyhow::Result<()> {
+    let mut cases = Vec::new();
+    for spec in &args.cases {
+        cases.push(run_case(&args, spec)?);
+    }
+    let report = serde_json::json!({
+        "bench": "head",
+        "batch": args.batch,
+        "dim": args.dim,
+        "loss": args.loss,
+        "ranks": 1,
+        "threads": rayon::current_num_threads(),
+        "cases": cases,
+        "machine": machine_info(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
