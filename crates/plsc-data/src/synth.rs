@@ -69,6 +69,7 @@ impl Default for SynthOptions {
 struct ClassPattern {
     angle: f32,
     freq: f32,
+    phase: f32,
     base: [f32; 3],
     amp: [f32; 3],
     blob: (f32, f32, f32),
@@ -81,6 +82,7 @@ fn class_pattern(class: u64) -> ClassPattern {
     ClassPattern {
         angle: r.random_range(0.0..std::f32::consts::PI),
         freq: r.random_range(1.5..7.0),
+        phase: r.random_range(0.0..std::f32::consts::TAU),
         base: [0; 3].map(|_| r.random_range(60.0..190.0)),
         amp: [0; 3].map(|_| r.random_range(20.0..60.0)),
         blob: (
@@ -100,8 +102,8 @@ pub fn synth_image(opts: &SynthOptions, class: u64, sample: u64) -> Result<Vec<u
             ^ class.wrapping_mul(0xa076_1d64_78bd_642f)
             ^ sample.wrapping_mul(0xe703_7ed1_a0b4_28db),
     );
-    let phase: f32 = r.random_range(0.0..std::f32::consts::TAU);
-    let (dx, dy): (f32, f32) = (r.random_range(-0.05..0.05), r.random_range(-0.05..0.05));
+    let phase: f32 = p.phase + r.random_range(-0.4..0.4);
+    let (dx, dy): (f32, f32) = (r.random_range(-0.03..0.03), r.random_range(-0.03..0.03));
     let bright: f32 = r.random_range(-15.0..15.0);
     let n = opts.size as f32;
     let (s, c) = p.angle.sin_cos();
