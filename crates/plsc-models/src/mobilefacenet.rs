@@ -312,6 +312,8 @@ impl<B: Backend> TorchState<B> for Residual<B> {
 }
 
 /// The second entry of `layers`: a grouped ConvBlock when `blocks[0] == 1`, else a Residual.
+// Built once per model; the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum MbfStage<B: Backend> {
     /// One grouped 3x3 ConvBlock.

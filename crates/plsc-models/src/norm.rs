@@ -76,6 +76,17 @@ impl<B: Backend> BatchNorm<B> {
         }
     }
 
+    /// The current running mean (pending updates applied; `running_mean.value()` alone may
+    /// lag one update behind).
+    pub fn running_mean(&self) -> Tensor<B, 1> {
+        self.running_mean.value_sync()
+    }
+
+    /// The current running variance (unbiased), pending updates applied.
+    pub fn running_var(&self) -> Tensor<B, 1> {
+        self.running_var.value_sync()
+    }
+
     /// The scale as used in the forward: detached when fixed.
     fn scale(&self) -> Tensor<B, 1> {
         if self.fixed_scale {

@@ -31,7 +31,7 @@ impl SgdMomentumConfig {
     /// The burn configuration: momentum with dampening 0, weight decay when positive, no
     /// per-tensor clipping (see [`crate::clip`] for the global norm).
     pub fn sgd_config(&self) -> SgdConfig {
-        let momentum = (self.momentum != 0.0).then(|| MomentumConfig {
+        let momentum = (self.momentum != 0.0).then_some(MomentumConfig {
             momentum: self.momentum,
             dampening: 0.0,
             nesterov: self.nesterov,

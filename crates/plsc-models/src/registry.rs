@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::{ModelError, Result};
@@ -126,14 +126,20 @@ impl BackboneConfig {
     /// Seeds the backend's generator with `seed`, then builds: the same seed gives the same
     /// weights. (The backend's generator is global; for replicas of a model that already
     /// exists, [`Backbone::fresh_replica`] is the safer copy.)
+    /// burn initialises parameters lazily, on first use; this materialises them all right
+    /// after seeding so that later draws elsewhere cannot interleave.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Backbone<B>> {
         self.architecture()?;
         B::seed(device, seed);
-        self.init(device)
+        let model = self.init(device)?;
+        model.visit(&mut Materialize);
+        Ok(model)
     }
 }
 
 /// The network inside a [`Backbone`].
+// Built once per model; the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network<B: Backend> {
     /// IResNet-18/34/50/100 or the tiny variant.
@@ -269,6 +275,15 @@ impl<B: Backend> Backbone<B> {
         let loaded = self.load_safetensors(path)?;
         tracing::info!(path = %path.display(), "loaded arcface_torch backbone");
         Ok(loaded)
+    }
+}
+
+/// Touches every parameter, which runs burn's lazy initialisation.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 
