@@ -198,7 +198,10 @@ fn decode_normalises_flips_resizes_and_converts() {
         channels: 1,
         ..ImageSpec::default()
     };
-    let img = common::pgm(3, 2, |x, y| [0u8, 128, 255][x as usize] + y as u8 * 0);
+    let img = common::pgm(3, 2, |x, y| {
+        let _ = y;
+        [0u8, 128, 255][x as usize]
+    });
     let mut out = vec![0f32; 6];
     decode_into(&img, &spec, false, &mut out).unwrap();
     let n = |v: f32| (v - 127.5) / 128.0;
