@@ -3,9 +3,16 @@
 
 use clap::Subcommand;
 
+mod comm;
+
 #[derive(Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Collectives of the thread group (all-reduce, all-gather) against a plain memcpy.
+    Comm(comm::CommArgs),
+}
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        BenchCommand::Comm(args) => comm::run(args),
+    }
 }

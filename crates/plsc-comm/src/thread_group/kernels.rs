@@ -14,10 +14,11 @@
 //! 2. **Lengths and types were validated** by the last arriver before any rank got here
 //!    ([`super::validate`]), so every pointer below addresses elements of the posted buffer,
 //!    of the posted element type.
-//! 3. **No location is written while another thread accesses it.** Each rank writes only its
-//!    own receive buffer (or, for in-place all-reduce and broadcast, its own buffer). Which
-//!    regions are written and read in which phase is given with each function; the inner
-//!    barrier separates phases and orders memory (release/acquire).
+//! 3. **No location is written while another thread accesses it.** In all-reduce, rank r owns
+//!    segment r of *every* rank's buffer: it alone reads and writes it. In the other
+//!    collectives a rank writes only its own receive buffer (or own buffer, for broadcast)
+//!    and reads buffers nobody writes. Each function states its regions. The final inner
+//!    barrier orders all writes before any rank returns (release/acquire).
 //! 4. **Source and destination never overlap**: a destination is borrowed `&mut` by its rank
 //!    for the whole call, so no other live borrow (another rank's send buffer included) can
 //!    cover it.
@@ -91,19 +92,21 @@ unsafe fn copy_elems(
     }
 }
 
-/// `dst[i] = f(...f(f(src_0[off + i], src_1[off + i]), src_2[off + i])..., src_{k-1}[off + i])`
-/// for `i < n`: the fold in rank order, so every element has one fixed summation order.
+/// For `i < n`: `acc = f(...f(f(src_0[off + i], src_1[off + i]), src_2[off + i])...,
+/// src_{k-1}[off + i])`, the fold in rank order (so every element has one fixed summation
+/// order), written to `dst[dst_off + i]` for every `dst` in `dsts`.
 ///
 /// # Safety
-/// Every `srcs[k]` is valid for reads of `off + n` elements of `T` that nobody writes during
-/// the call, `dst` is valid for writes of `n` elements that nobody else accesses, and no
-/// source range overlaps the destination range except that `dst` may be `srcs[k] + off` itself
-/// (the in-place all-reduce: each block is read completely before it is written).
+/// Every `srcs[k]` is valid for reads of `off + n` elements of `T`, every `dsts[k]` for writes
+/// of `dst_off + n` elements; during the call nobody else accesses the destination ranges or
+/// writes the source ranges; a destination range either equals a source range (in-place
+/// all-reduce: each block is read completely before it is written) or overlaps none.
 #[inline(always)]
 unsafe fn fold_ranks<T: Element, F: Fn(T, T) -> T>(
     srcs: &[*const T],
     off: usize,
-    dst: *mut T,
+    dsts: &[*mut T],
+    dst_off: usize,
     n: usize,
     f: F,
 ) {
@@ -112,8 +115,8 @@ unsafe fn fold_ranks<T: Element, F: Fn(T, T) -> T>(
     while done < n {
         let m = (n - done).min(BLOCK);
         let acc = &mut acc_buf[..m];
-        // SAFETY: in bounds by the caller's contract; the shared slices end before the block
-        // is written through `dst`.
+        // SAFETY: in bounds by the caller's contract; the shared source slices end before the
+        // block is written.
         unsafe {
             acc.copy_from_slice(slice::from_raw_parts(srcs[0].add(off + done), m));
             for &src in &srcs[1..] {
@@ -122,7 +125,9 @@ unsafe fn fold_ranks<T: Element, F: Fn(T, T) -> T>(
                     *a = f(*a, b);
                 }
             }
-            slice::from_raw_parts_mut(dst.add(done), m).copy_from_slice(acc);
+            for &dst in dsts {
+                ptr::copy_nonoverlapping(acc.as_ptr(), dst.add(dst_off + done), m);
+            }
         }
         done += m;
     }
@@ -132,25 +137,32 @@ unsafe fn fold_ranks<T: Element, F: Fn(T, T) -> T>(
 ///
 /// # Safety
 /// As for [`fold_ranks`].
-unsafe fn reduce<T: Element>(srcs: &[*const T], off: usize, dst: *mut T, n: usize, op: ReduceOp) {
+unsafe fn reduce<T: Element>(
+    srcs: &[*const T],
+    off: usize,
+    dsts: &[*mut T],
+    dst_off: usize,
+    n: usize,
+    op: ReduceOp,
+) {
     // SAFETY: forwarded contract.
     unsafe {
         match op {
-            ReduceOp::Sum => fold_ranks(srcs, off, dst, n, T::add),
-            ReduceOp::Max => fold_ranks(srcs, off, dst, n, T::max),
-            ReduceOp::Min => fold_ranks(srcs, off, dst, n, T::min),
+            ReduceOp::Sum => fold_ranks(srcs, off, dsts, dst_off, n, T::add),
+            ReduceOp::Max => fold_ranks(srcs, off, dsts, dst_off, n, T::max),
+            ReduceOp::Min => fold_ranks(srcs, off, dsts, dst_off, n, T::min),
         }
     }
 }
 
-/// Reduces segment `[lo, hi)` of buffer `j` over all ranks into this rank's buffer `j`.
+/// Reduces segment `[lo, hi)` of buffer `j` over all ranks and writes it into buffer `j` of
+/// every rank.
 ///
 /// # Safety
-/// Called in phase 1 of [`all_reduce`], with `[lo, hi)` this rank's own segment.
-unsafe fn reduce_own_segment<T: Element>(
+/// Called from [`all_reduce`] with `[lo, hi)` this rank's own segment.
+unsafe fn reduce_segment_everywhere<T: Element>(
     round: &Round,
     j: usize,
-    rank: usize,
     lo: usize,
     hi: usize,
     op: ReduceOp,
@@ -160,36 +172,30 @@ unsafe fn reduce_own_segment<T: Element>(
         .iter()
         .map(|d| d.bufs[j].addr as *const T)
         .collect();
-    let dst = round.descs[rank].bufs[j].addr as *mut T;
-    // SAFETY: lengths validated equal on all ranks; in phase 1 segment `rank` of every buffer is
-    // accessed only by this rank, which reads it on all ranks and writes it in its own buffer.
-    unsafe { reduce::<T>(&srcs, lo, dst.add(lo), hi - lo, op) };
+    let dsts: Vec<*mut T> = round
+        .descs
+        .iter()
+        .map(|d| d.bufs[j].addr as *mut T)
+        .collect();
+    // SAFETY: lengths validated equal on all ranks, so `[lo, hi)` is inside every buffer. All
+    // these buffers were posted from `&mut` borrows, so writing them is allowed, and segment
+    // `[lo, hi)` of every buffer is accessed by this rank only (each rank works on its own
+    // segment, and the owners do not touch their buffers while the collective runs).
+    unsafe { reduce::<T>(&srcs, lo, &dsts, lo, hi - lo, op) };
 }
 
 /// In-place all-reduce of every buffer of the round (one buffer, or several for the fused call).
 ///
-/// Phase 1: rank r computes segment r of each buffer as the fold over ranks in rank order and
-/// writes it into its own buffer. Phase 2: rank r copies every other segment s from rank s's
-/// buffer (which holds the finished segment s and is no longer written). Every element is
-/// computed once, so all ranks hold the same bits.
+/// Rank r computes segment r of each buffer as the fold over ranks in rank order and writes
+/// it into segment r of every rank's buffer; then all ranks meet at the barrier. Every element
+/// is computed once, so all ranks hold the same bits, and the memory traffic is the minimum:
+/// each input read once, each output written once.
 pub(crate) fn all_reduce(inner: &InnerBarrier, round: &Round, rank: usize, op: ReduceOp) {
     let world = round.descs.len();
-    let mine = &round.descs[rank];
-    for (j, buf) in mine.bufs.iter().enumerate() {
+    for (j, buf) in round.descs[rank].bufs.iter().enumerate() {
         let (lo, hi) = segment(buf.len, world, rank);
-        // SAFETY: phase 1, see `reduce_own_segment`.
-        unsafe { dispatch!(buf.dtype, reduce_own_segment(round, j, rank, lo, hi, op)) };
-    }
-    inner.wait();
-    for (j, buf) in mine.bufs.iter().enumerate() {
-        for (s, other) in round.descs.iter().enumerate() {
-            if s != rank {
-                let (lo, hi) = segment(buf.len, world, s);
-                // SAFETY: phase 2: segment s of rank s's buffer is final and only read; segment
-                // s of this rank's buffer is written only by this rank.
-                unsafe { copy_elems(buf.dtype, &other.bufs[j], lo, buf, lo, hi - lo) };
-            }
-        }
+        // SAFETY: see `reduce_segment_everywhere`.
+        unsafe { dispatch!(buf.dtype, reduce_segment_everywhere(round, j, lo, hi, op)) };
     }
     inner.wait();
 }
@@ -256,7 +262,7 @@ unsafe fn reduce_block<T: Element>(round: &Round, rank: usize, off: usize, n: us
     let dst = round.descs[rank].bufs[1].addr as *mut T;
     // SAFETY: send buffers hold `sum(counts)` elements and are only read; `recv` holds `n`
     // elements and is written only by this rank; send and recv never overlap (fact 4).
-    unsafe { reduce::<T>(&srcs, off, dst, n, ReduceOp::Sum) };
+    unsafe { reduce::<T>(&srcs, off, &[dst], 0, n, ReduceOp::Sum) };
 }
 
 /// Sum reduce-scatter: rank r writes the fold over ranks of `send[off_r .. off_r + counts[r]]`
@@ -264,13 +270,9 @@ unsafe fn reduce_block<T: Element>(round: &Round, rank: usize, off: usize, n: us
 pub(crate) fn reduce_scatter(inner: &InnerBarrier, round: &Round, rank: usize) {
     let counts = &round.descs[rank].counts;
     let off: usize = counts[..rank].iter().sum();
+    let dtype = round.descs[rank].bufs[0].dtype;
     // SAFETY: see `reduce_block`.
-    unsafe {
-        dispatch!(
-            round.descs[rank].bufs[0].dtype,
-            reduce_block(round, rank, off, counts[rank])
-        )
-    };
+    unsafe { dispatch!(dtype, reduce_block(round, rank, off, counts[rank])) };
     inner.wait();
 }
 

@@ -50,7 +50,7 @@ pub trait TestElem: Element + std::fmt::Debug {
 impl TestElem for f32 {
     fn make(rank: usize, i: usize, salt: usize) -> Self {
         let h = mix(rank, i, salt);
-        if h % 61 == 0 {
+        if h.is_multiple_of(61) {
             f32::NAN
         } else {
             ((h % 2_000_001) as f32 - 1_000_000.0) * 0.001_37
@@ -64,7 +64,7 @@ impl TestElem for f32 {
 impl TestElem for f64 {
     fn make(rank: usize, i: usize, salt: usize) -> Self {
         let h = mix(rank, i, salt);
-        if h % 61 == 0 {
+        if h.is_multiple_of(61) {
             f64::NAN
         } else {
             ((h % 2_000_001) as f64 - 1_000_000.0) * 1.37e-3

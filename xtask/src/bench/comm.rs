@@ -1,0 +1,217 @@
+//! `cargo xtask bench comm`: bandwidth of the thread-group collectives against a plain memcpy.
+//!
+//! For each rank count and f32 buffer size: the median time of a sum all-reduce of the buffer,
+//! of an all-gather whose result is the buffer size (each rank sends `size / ranks`), and of a
+//! `copy_from_slice` of the same size into a reused buffer, all measured in the same run.
+//! Bandwidth is the buffer size divided by the median time.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use plsc_comm::{CommError, CommExt, Communicator, ReduceOp, run_ranks};
+use serde::Serialize;
+
+/// Arguments of `cargo xtask bench comm`.
+#[derive(clap::Args, Debug)]
+pub struct CommArgs {
+    /// Buffer sizes in bytes, comma separated; the suffixes KiB and MiB are accepted.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size,
+          default_value = "4KiB,64KiB,1MiB,16MiB,64MiB")]
+    sizes: Vec<usize>,
+    /// Rank counts (threads of one thread group), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,4")]
+    ranks: Vec<usize>,
+    /// Timed iterations per measurement [default: 256 MiB / size, clamped to 7..=200].
+    #[arg(long)]
+    iters: Option<usize>,
+}
+
+/// Parses `4096`, `4KiB` or `64MiB`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1 << 20)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1 << 10)
+    } else {
+        (s, 1)
+    };
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad size {s:?}: {e}"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))?;
+    if bytes == 0 || bytes % 4 != 0 {
+        return Err(format!(
+            "size {s:?} must be a positive multiple of 4 bytes (f32)"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[derive(Serialize)]
+struct Timing {
+    median_s: f64,
+    bandwidth_bytes_per_s: f64,
+}
+
+impl Timing {
+    fn new(mut times: Vec<f64>, bytes: usize) -> Self {
+        times.sort_by(f64::total_cmp);
+        let median_s = times[times.len() / 2];
+        Self {
+            median_s,
+            bandwidth_bytes_per_s: bytes as f64 / median_s,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AllGatherTiming {
+    send_bytes_per_rank: usize,
+    total_bytes: usize,
+    #[serde(flatten)]
+    timing: Timing,
+}
+
+#[derive(Serialize)]
+struct Case {
+    ranks: usize,
+    size_bytes: usize,
+    iters: usize,
+    memcpy: Timing,
+    all_reduce_sum: Timing,
+    all_gather: AllGatherTiming,
+    all_reduce_bw_over_memcpy_bw: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    bench: &'static str,
+    dtype: &'static str,
+    cases: Vec<Case>,
+    /// The goal case (64 MiB, 2 ranks), when it was measured.
+    all_reduce_64mib_2_ranks_over_memcpy: Option<f64>,
+    machine: crate::machine::MachineInfo,
+}
+
+/// Median-able times of `copy_from_slice` of `elems` f32 values into a reused buffer.
+fn time_memcpy(elems: usize, iters: usize) -> Vec<f64> {
+    let src = vec![1.0f32; elems];
+    let mut dst = vec![0.0f32; elems];
+    dst.copy_from_slice(&src); // warm-up (pages are touched above already)
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// Times of one collective as seen by rank 0, each iteration starting from a barrier. `setup`
+/// makes each rank's buffers once (on the rank's thread); `op` runs the collective on them.
+fn time_ranks<S>(
+    ranks: usize,
+    iters: usize,
+    setup: impl Fn(&dyn Communicator) -> S + Sync,
+    op: impl Fn(&dyn Communicator, &mut S) -> Result<(), CommError> + Sync,
+) -> anyhow::Result<Vec<f64>> {
+    let results = run_ranks(ranks, |comm| {
+        let mut state = setup(&comm);
+        op(&comm, &mut state)?; // warm-up
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            comm.barrier()?;
+            let t = Instant::now();
+            op(&comm, &mut state)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok::<_, CommError>(times)
+    });
+    let mut per_rank = results
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .context("collective failed")?;
+    Ok(per_rank.swap_remove(0))
+}
+
+fn measure(ranks: usize, size: usize, iters: usize) -> anyhow::Result<Case> {
+    let elems = size / 4;
+    let memcpy = Timing::new(time_memcpy(elems, iters), size);
+
+    // Zeros stay zeros under repeated sums.
+    let all_reduce = time_ranks(
+        ranks,
+        iters,
+        |_| vec![0.0f32; elems],
+        |comm, buf| comm.all_reduce(buf, ReduceOp::Sum),
+    )?;
+    let all_reduce = Timing::new(all_reduce, size);
+
+    let send_elems = elems / ranks;
+    let all_gather = time_ranks(
+        ranks,
+        iters,
+        |comm| {
+            (
+                vec![1.0f32; send_elems],
+                vec![0.0f32; send_elems * comm.world_size()],
+            )
+        },
+        |comm, (send, recv)| comm.all_gather_into(send, recv),
+    )?;
+    let total = send_elems * ranks * 4;
+    let all_gather = AllGatherTiming {
+        send_bytes_per_rank: send_elems * 4,
+        total_bytes: total,
+        timing: Timing::new(all_gather, total),
+    };
+
+    Ok(Case {
+        ranks,
+        size_bytes: size,
+        iters,
+        all_reduce_bw_over_memcpy_bw: all_reduce.bandwidth_bytes_per_s
+            / memcpy.bandwidth_bytes_per_s,
+        memcpy,
+        all_reduce_sum: all_reduce,
+        all_gather,
+    })
+}
+
+/// Runs the benchmark and prints its JSON document.
+pub fn run(args: CommArgs) -> anyhow::Result<()> {
+    if args.ranks.iter().any(|&r| r == 0) {
+        bail!("--ranks must be positive");
+    }
+    if args.iters == Some(0) {
+        bail!("--iters must be positive");
+    }
+    let mut cases = Vec::new();
+    for &ranks in &args.ranks {
+        for &size in &args.sizes {
+            let iters = args
+                .iters
+                .unwrap_or(((256usize << 20) / size).clamp(7, 200));
+            tracing::info!(ranks, size, iters, "measuring");
+            cases.push(measure(ranks, size, iters)?);
+        }
+    }
+    let goal = cases
+        .iter()
+        .find(|c| c.ranks == 2 && c.size_bytes == 64 << 20)
+        .map(|c| c.all_reduce_bw_over_memcpy_bw);
+    let report = Report {
+        bench: "comm",
+        dtype: "f32",
+        cases,
+        all_reduce_64mib_2_ranks_over_memcpy: goal,
+        machine: crate::machine::machine_info(),
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
