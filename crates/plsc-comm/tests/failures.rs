@@ -409,3 +409,49 @@ fn ranks_waiting_when_the_group_breaks_get_broken() {
         errs[2]
     );
 }
+
+#[test]
+fn overlapping_calls_on_one_rank_are_refused() {
+    guarded(|| {
+        let mut comms = ThreadGroup::new(2);
+        let rank1 = comms.pop().unwrap();
+        let rank0 = comms.pop().unwrap();
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            // Two threads call a collective on rank 0's communicator at once. Rank 1 joins only
+            // after one of them was refused, so the other is still inside its call by then.
+            let calls: Vec<_> = (0..2)
+                .map(|_| {
+                    let (rank0, tx) = (&rank0, tx.clone());
+                    s.spawn(move || {
+                        let res = rank0.barrier();
+                        if res.is_err() {
+                            tx.send(()).unwrap();
+                        }
+                        res
+                    })
+                })
+                .collect();
+            rx.recv().unwrap();
+            rank1.barrier().unwrap();
+            let results: Vec<_> = calls.into_iter().map(|h| h.join().unwrap()).collect();
+            let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+            assert_eq!(
+                results.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{results:?}"
+            );
+            assert!(
+                matches!(
+                    refused[..],
+                    [CommError::Mismatch {
+                        rank: 0,
+                        op: "barrier",
+                        ..
+                    }]
+                ),
+                "{results:?}"
+            );
+        });
+    });
+}

@@ -21,7 +21,7 @@ pub struct CommArgs {
     /// Rank counts (threads of one thread group), comma separated.
     #[arg(long, value_delimiter = ',', default_value = "2,4")]
     ranks: Vec<usize>,
-    /// Timed iterations per measurement [default: 256 MiB / size, clamped to 7..=200].
+    /// Timed iterations per measurement [default: 1 GiB / size, clamped to 15..=500].
     #[arg(long)]
     iters: Option<usize>,
 }
@@ -196,7 +196,7 @@ pub fn run(args: CommArgs) -> anyhow::Result<()> {
         for &size in &args.sizes {
             let iters = args
                 .iters
-                .unwrap_or(((256usize << 20) / size).clamp(7, 200));
+                .unwrap_or(((1usize << 30) / size).clamp(15, 500));
             tracing::info!(ranks, size, iters, "measuring");
             cases.push(measure(ranks, size, iters)?);
         }

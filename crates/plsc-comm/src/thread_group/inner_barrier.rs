@@ -12,8 +12,9 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
-/// How many times a waiter polls before it yields and then sleeps.
-const SPINS: u32 = 2_000;
+/// How many times a waiter polls before it yields and then sleeps (when every rank can have a
+/// core of its own; otherwise spinning only delays the ranks that still have to arrive).
+pub(crate) const SPINS: u32 = 2_000;
 /// How many times a waiter yields its time slice before it sleeps.
 const YIELDS: u32 = 20;
 
@@ -21,6 +22,7 @@ const YIELDS: u32 = 20;
 #[derive(Debug)]
 pub(crate) struct InnerBarrier {
     world: usize,
+    spins: u32,
     arrived: AtomicUsize,
     generation: AtomicU64,
     sleepers: AtomicUsize,
@@ -29,9 +31,11 @@ pub(crate) struct InnerBarrier {
 }
 
 impl InnerBarrier {
-    pub(crate) fn new(world: usize) -> Self {
+    /// A barrier for `world` threads that poll `spins` times before yielding.
+    pub(crate) fn new(world: usize, spins: u32) -> Self {
         Self {
             world,
+            spins,
             arrived: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
@@ -61,7 +65,7 @@ impl InnerBarrier {
             return;
         }
         let passed = || self.generation.load(Ordering::Acquire) != generation;
-        for _ in 0..SPINS {
+        for _ in 0..self.spins {
             if passed() {
                 return;
             }

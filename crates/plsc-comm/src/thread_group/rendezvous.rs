@@ -14,12 +14,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::desc::Desc;
-use super::inner_barrier::InnerBarrier;
+use super::inner_barrier::{InnerBarrier, SPINS};
 use super::validate::{Failure, validate};
 use crate::error::CommError;
-
-/// How many times a waiter polls the generation before it sleeps on the condvar.
-const SPINS: u32 = 2_000;
 
 /// The descriptors of a round that passed validation, indexed by rank.
 #[derive(Debug)]
@@ -32,6 +29,8 @@ pub(crate) struct Round {
 pub(crate) struct Shared {
     pub world: usize,
     timeout: Option<Duration>,
+    /// How many times a waiter polls the generation before it sleeps on the condvar.
+    spins: u32,
     state: Mutex<State>,
     cv: Condvar,
     /// Mirrors `State::generation` so waiters can poll without the lock.
@@ -64,9 +63,13 @@ struct State {
 
 impl Shared {
     pub(crate) fn new(world: usize, timeout: Option<Duration>) -> Self {
+        // Poll only when every rank can have a core of its own.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spins = if world <= cores { SPINS } else { 0 };
         Self {
             world,
             timeout,
+            spins,
             state: Mutex::new(State {
                 generation: 0,
                 posted: vec![None; world],
@@ -79,7 +82,7 @@ impl Shared {
             cv: Condvar::new(),
             generation: AtomicU64::new(0),
             trouble: AtomicBool::new(false),
-            inner: InnerBarrier::new(world),
+            inner: InnerBarrier::new(world, spins),
         }
     }
 
@@ -153,7 +156,7 @@ impl Shared {
         }
         drop(st);
 
-        for _ in 0..SPINS {
+        for _ in 0..self.spins {
             if self.generation.load(Ordering::Acquire) != generation
                 || self.trouble.load(Ordering::Acquire)
             {
