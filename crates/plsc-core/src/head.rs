@@ -26,7 +26,7 @@ use crate::float::{HeadFloat, Precision};
 use crate::init;
 use crate::loss::{LossConfig, LossKind};
 use crate::margin::Margin;
-use crate::sampling::sample_classes;
+use crate::sampling::{SampledClasses, sample_classes};
 use crate::sgd::{SparseSgdConfig, sgd_update};
 use crate::shard::ClassShard;
 use burn::config::Config;
@@ -309,17 +309,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             (features.to_vec(), labels.to_vec(), vec![local_rows])
         };
         let rows = labels_g.len();
-        for (i, &y) in labels_g.iter().enumerate() {
-            if y < 0 || y as usize >= self.config.num_classes {
-                let (src_rank, sample) = locate(&row_counts, i);
-                return Err(HeadError::LabelOutOfRange {
-                    rank: src_rank,
-                    sample,
-                    label: y,
-                    num_classes: self.config.num_classes,
-                });
-            }
-        }
+        validate_labels(&labels_g, &row_counts, self.config.num_classes)?;
         let batch_norm = if sharded {
             rows
         } else {
@@ -343,34 +333,7 @@ impl<T: HeadFloat> ShardedHead<T> {
         } else {
             self.xn.iter().map(|v| v.round_to(precision)).collect()
         };
-        let mut positives: Vec<usize> = labels_g
-            .iter()
-            .filter(|y| self.shard.contains(**y as usize))
-            .map(|y| *y as usize - self.shard.start)
-            .collect();
-        positives.sort_unstable();
-        positives.dedup();
-        let sampled = sample_classes(
-            self.shard.len,
-            &positives,
-            self.config.sample_ratio,
-            self.config.seed,
-            step,
-            self.shard.rank,
-        );
-        let targets: Vec<usize> = labels_g
-            .iter()
-            .map(|y| {
-                let y = *y as usize;
-                if self.shard.contains(y) {
-                    sampled
-                        .position_of(y - self.shard.start)
-                        .unwrap_or(tile::NO_TARGET)
-                } else {
-                    tile::NO_TARGET
-                }
-            })
-            .collect();
+        let (sampled, targets) = batch_classes(self.shard, &labels_g, &self.config, step);
         let loss = match &self.config.loss.kind {
             LossKind::Softmax => tile::TileLoss::Softmax,
             LossKind::Margin(m) => tile::TileLoss::Margin {
@@ -417,11 +380,11 @@ impl<T: HeadFloat> ShardedHead<T> {
         if sharded && comm.world_size() > 1 {
             let mut global_max = stats.max.clone();
             comm.all_reduce(&mut global_max, ReduceOp::Max)?;
-            for i in 0..rows {
-                stats.sum[i] = if stats.max[i] == T::neg_infinity() {
+            for ((sum, local), global) in stats.sum.iter_mut().zip(&stats.max).zip(&global_max) {
+                *sum = if *local == T::neg_infinity() {
                     T::zero()
                 } else {
-                    stats.sum[i] * (stats.max[i] - global_max[i]).exp()
+                    *sum * (*local - *global).exp()
                 };
             }
             stats.max = global_max;
@@ -497,10 +460,10 @@ impl<T: HeadFloat> ShardedHead<T> {
             sink,
         );
         if replicated {
-            if let Some(g) = grad_w.as_deref_mut() {
+            if let Some(g) = &mut grad_w {
                 comm.all_reduce(g, ReduceOp::Sum)?;
             }
-            if let Some(g) = grad_b.as_deref_mut() {
+            if let Some(g) = &mut grad_b {
                 comm.all_reduce(g, ReduceOp::Sum)?;
             }
             if let (Some(lr), Some((gw, gb))) = (sgd_lr, dense.as_ref()) {
@@ -611,6 +574,66 @@ impl<T: HeadFloat> ShardedHead<T> {
             top5: hits[1] / n,
         })
     }
+}
+
+/// Checks every label of the global batch; the error names the rank the sample came from and
+/// its index there, and is the same on every rank.
+pub(crate) fn validate_labels(
+    labels: &[i64],
+    row_counts: &[usize],
+    num_classes: usize,
+) -> Result<(), HeadError> {
+    for (i, &y) in labels.iter().enumerate() {
+        if y < 0 || y as usize >= num_classes {
+            let (rank, sample) = locate(row_counts, i);
+            return Err(HeadError::LabelOutOfRange {
+                rank,
+                sample,
+                label: y,
+                num_classes,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// This rank's sampled classes for a global batch, and each row's target position in them
+/// ([`tile::NO_TARGET`] where the label is another rank's class).
+pub(crate) fn batch_classes(
+    shard: ClassShard,
+    labels: &[i64],
+    config: &HeadConfig,
+    step: u64,
+) -> (SampledClasses, Vec<usize>) {
+    let mut positives: Vec<usize> = labels
+        .iter()
+        .filter(|y| shard.contains(**y as usize))
+        .map(|y| *y as usize - shard.start)
+        .collect();
+    positives.sort_unstable();
+    positives.dedup();
+    let sampled = sample_classes(
+        shard.len,
+        &positives,
+        config.sample_ratio,
+        config.seed,
+        step,
+        shard.rank,
+    );
+    let targets = labels
+        .iter()
+        .map(|y| {
+            let y = *y as usize;
+            if shard.contains(y) {
+                sampled
+                    .position_of(y - shard.start)
+                    .unwrap_or(tile::NO_TARGET)
+            } else {
+                tile::NO_TARGET
+            }
+        })
+        .collect();
+    (sampled, targets)
 }
 
 /// Maps a global row index to (source rank, index within that rank's rows).

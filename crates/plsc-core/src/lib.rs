@@ -5,6 +5,7 @@
 //! In the flow: `models` (embedding) -> **`core`** (loss, feature gradient, sparse weight
 //! update) -> back into `models`; collectives through `comm`. Start at [`ShardedHead`].
 
+pub mod burn_path;
 pub mod cpu;
 mod error;
 mod fast_exp;

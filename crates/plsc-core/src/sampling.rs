@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn negatives_are_uniform() {
-        let mut hits = vec![0usize; 20];
+        let mut hits = [0usize; 20];
         for step in 0..4000 {
             if let SampledClasses::Subset(v) = sample_classes(20, &[5], 0.25, 1, step, 0) {
                 for c in v {

@@ -263,11 +263,11 @@ pub fn forward<T: HeadFloat>(
                 let tile_inv = &mut inv[p0 - range.start..p0 - range.start + kc];
                 classes.clear();
                 bias_tile.clear();
-                for j in 0..kc {
+                for (j, inv_j) in tile_inv.iter_mut().enumerate() {
                     let class = setup.sampled.class_at(p0 + j);
                     classes.push((setup.class_offset + class) as i64);
                     let row = &weight[class * dim..(class + 1) * dim];
-                    tile_inv[j] = rows::inv_norm(row);
+                    *inv_j = rows::inv_norm(row);
                     if let Some(b) = bias {
                         bias_tile.push(b[class]);
                     }
@@ -378,14 +378,14 @@ pub fn backward<T: HeadFloat>(
     dpsi: &[f64],
     inv_batch: T,
     weight: &mut [T],
-    mut bias: Option<&mut [T]>,
+    bias: Option<&mut [T]>,
     sink: RowSink<'_, T>,
 ) -> Vec<T> {
     let (rows, dim) = (setup.rows, setup.dim);
     let shard_len = weight.len() / dim.max(1);
     let bounds = class_bounds(setup.sampled, &plan.ranges, shard_len);
     let weights = split_rows(weight, &bounds, dim);
-    let biases: Vec<Option<&mut [T]>> = match bias.as_deref_mut() {
+    let biases: Vec<Option<&mut [T]>> = match bias {
         Some(b) => split_rows(b, &bounds, 1).into_iter().map(Some).collect(),
         None => bounds.windows(2).map(|_| None).collect(),
     };
@@ -491,7 +491,9 @@ pub fn backward<T: HeadFloat>(
                     let materialised = region.is_some();
                     let g: &mut [T] = match region.as_deref_mut() {
                         // The kept logits turn into the gradient in place.
-                        Some(r) => &mut r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows],
+                        Some(r) => {
+                            &mut r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows]
+                        }
                         None => {
                             ztile.resize(rows * kc, T::zero());
                             &mut ztile[..rows * kc]
