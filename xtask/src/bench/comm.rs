@@ -185,7 +185,7 @@ fn measure(ranks: usize, size: usize, iters: usize) -> anyhow::Result<Case> {
 
 /// Runs the benchmark and prints its JSON document.
 pub fn run(args: CommArgs) -> anyhow::Result<()> {
-    if args.ranks.iter().any(|&r| r == 0) {
+    if args.ranks.contains(&0) {
         bail!("--ranks must be positive");
     }
     if args.iters == Some(0) {
