@@ -22,11 +22,10 @@ fn f32s(t: Tensor<Flex, 2>) -> Vec<f64> {
         .collect()
 }
 
-fn run(
-    p: &Problem,
-    config: &HeadConfig,
-    n: usize,
-) -> Vec<(f64, Vec<f64>, Vec<f64>, Option<Vec<f64>>)> {
+/// Per rank: loss, grad_features, grad_weight, grad_bias.
+type BurnRank = (f64, Vec<f64>, Vec<f64>, Option<Vec<f64>>);
+
+fn run(p: &Problem, config: &HeadConfig, n: usize) -> Vec<BurnRank> {
     let d = p.dim;
     let out = run_ranks(n, |comm| {
         let r = comm.rank();

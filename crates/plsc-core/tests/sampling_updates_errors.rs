@@ -166,8 +166,8 @@ fn accuracy_is_global_and_the_same_on_every_rank_count() {
     // Rows 0..6 are exactly their class's weight row: top-1 hits. The rest stay random.
     for i in 0..6 {
         let y = p.labels[i] as usize;
-        p.features[i * p.dim..(i + 1) * p.dim]
-            .copy_from_slice(&p.weight[y * p.dim..(y + 1) * p.dim].to_vec());
+        let row: Vec<f64> = p.weight[y * p.dim..(y + 1) * p.dim].to_vec();
+        p.features[i * p.dim..(i + 1) * p.dim].copy_from_slice(&row);
     }
     let config = HeadConfig::new(p.classes, p.dim).with_calc_acc(true);
     let one = run_sharded::<f64>(&p, &config, 1, &p.weight).unwrap()[0]
