@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod data;
 mod machine;
 
 #[global_allocator]
@@ -23,6 +24,9 @@ enum Command {
     /// Benchmarks that print JSON with the figures and the machine they ran on.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Training data: shuffle-split, importers (RecordIO, folder, label list), synth, inspect.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
     }
 }

@@ -4,15 +4,19 @@
 use clap::Subcommand;
 
 mod comm;
+mod data;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Collectives of the thread group (all-reduce, all-gather) against a plain memcpy.
     Comm(comm::CommArgs),
+    /// Data: shuffle-split MB/s and peak RssAnon on a generated input; JPEG decode+augment images/s.
+    Data(data::DataArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Comm(args) => comm::run(args),
+        BenchCommand::Data(args) => data::run(args),
     }
 }
