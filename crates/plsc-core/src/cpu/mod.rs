@@ -28,6 +28,9 @@ use tile::{RowStats, TileInfo, TileLoss};
 /// 2 MiB L2 cache in f32.
 pub const DEFAULT_TILE: usize = 256;
 
+/// Class ranges per thread (see [`Plan::new`]).
+pub const RANGES_PER_THREAD: usize = 4;
+
 /// How one step is computed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -52,7 +55,11 @@ impl Plan {
         budget_bytes: usize,
         elem: usize,
     ) -> Self {
-        let workers = threads.max(1).min(classes.max(1));
+        // A few class ranges per thread, so rayon can even out a thread that runs slow (a busy
+        // core), but never ranges narrower than a tile.
+        let workers = (threads.max(1) * RANGES_PER_THREAD)
+            .min(classes.div_ceil(chunk_size.unwrap_or(DEFAULT_TILE).max(1)))
+            .max(1);
         let per_worker = |k: usize| (rows * k + 2 * k * dim + rows * dim + 4 * k) * elem;
         let (materialise, mut tile) = match chunk_size {
             Some(k) if k >= classes => (true, DEFAULT_TILE),
