@@ -9,6 +9,7 @@
 //! * [`bin_file`]: read and write `.bin` pair sets (a pickle of `(images, issame)`).
 //! * [`pair_set`]: decode a pair set to the model input; NCHW batches, plain and flipped.
 //! * [`embed`]: the flip test with an [`Embedder`].
+//! * [`sampling`]: draw our own pair sets from labelled images.
 //! * [`embeddings_file`]: given embeddings (safetensors) and labels (JSON), for
 //!   `cargo xtask eval --embeddings`.
 
@@ -19,6 +20,7 @@ mod error;
 pub mod metrics;
 pub mod numeric;
 pub mod pair_set;
+pub mod sampling;
 
 pub use bin_file::{BinPairs, encode_bin, parse_bin, read_bin, write_bin};
 pub use embed::{Embedder, EvalOptions, FlipEmbeddings, embed_with_flip, verify_pair_set};
@@ -28,6 +30,7 @@ pub use embeddings_file::{
 pub use error::{EmbedderError, EvalError, Result};
 pub use metrics::{Metrics, Roc, Verification, VerifyConfig, evaluate, verify_embeddings};
 pub use pair_set::{ImageSpec, Normalize, PairSet, STANDARD_SETS};
+pub use sampling::{Pair, pairs_to_bin, sample_pairs};
 
 use std::path::Path;
 
