@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 /// How many times a waiter polls before it yields and then sleeps (when every rank can have a
-/// core of its own; otherwise spinning only delays the ranks that still have to arrive).
-pub(crate) const SPINS: u32 = 2_000;
+/// core of its own; otherwise spinning only delays the ranks that still have to arrive). Kept
+/// short: on a busy machine the peer may share this core, and yielding lets it run.
+pub(crate) const SPINS: u32 = 64;
 /// How many times a waiter yields its time slice before it sleeps.
-const YIELDS: u32 = 20;
+pub(crate) const YIELDS: u32 = 64;
 
 /// A reusable generation barrier for a fixed number of threads.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::desc::Desc;
-use super::inner_barrier::{InnerBarrier, SPINS};
+use super::inner_barrier::{InnerBarrier, SPINS, YIELDS};
 use super::validate::{Failure, validate};
 use crate::error::CommError;
 
@@ -163,6 +163,14 @@ impl Shared {
                 break;
             }
             std::hint::spin_loop();
+        }
+        for _ in 0..YIELDS {
+            if self.generation.load(Ordering::Acquire) != generation
+                || self.trouble.load(Ordering::Acquire)
+            {
+                break;
+            }
+            std::thread::yield_now();
         }
 
         let deadline = self.timeout.map(|t| start + t);
