@@ -31,6 +31,7 @@ use crate::sgd::{SparseSgdConfig, sgd_update};
 use crate::shard::ClassShard;
 use burn::config::Config;
 use plsc_comm::{CommExt, Communicator, ReduceOp};
+use std::time::Instant;
 
 /// Default memory budget for the head's work buffers (logits kept between the passes when they
 /// fit): 1 GiB.
@@ -146,6 +147,21 @@ pub struct HeadOutput<T> {
     pub gemm_flops: f64,
     /// Bytes held by the head's work buffers after the step (beyond weight and momentum).
     pub workspace_bytes: usize,
+    /// Where the step's time went on this rank.
+    pub timings: HeadTimings,
+}
+
+/// Seconds spent in each part of a step on one rank.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HeadTimings {
+    /// Class tiles of the forward pass (products, margin, row statistics).
+    pub forward: f64,
+    /// Class tiles of the backward pass (gradient, products, weight update).
+    pub backward: f64,
+    /// Collectives (all-gather, all-reduces, reduce-scatter), waiting for peers included.
+    pub communication: f64,
+    /// Everything else (normalisation, sampling, accuracy bookkeeping).
+    pub other: f64,
 }
 
 /// One rank's part of the classification head: its weight rows, their momentum (and the bias
@@ -290,6 +306,8 @@ impl<T: HeadFloat> ShardedHead<T> {
         }
         let sharded = self.config.loss.sharded;
 
+        let started = Instant::now();
+        let mut timings = HeadTimings::default();
         // 1. all-gather features and labels (sharded head only).
         let (xg, labels_g, row_counts) = if sharded && comm.world_size() > 1 {
             let (xg, elem_counts) = comm.all_gather_varcount(features)?;
@@ -308,6 +326,7 @@ impl<T: HeadFloat> ShardedHead<T> {
         } else {
             (features.to_vec(), labels.to_vec(), vec![local_rows])
         };
+        timings.communication += started.elapsed().as_secs_f64();
         let rows = labels_g.len();
         validate_labels(&labels_g, &row_counts, self.config.num_classes)?;
         let batch_norm = if sharded {
@@ -368,6 +387,7 @@ impl<T: HeadFloat> ShardedHead<T> {
         };
 
         // 3. forward over this rank's class tiles.
+        let t = Instant::now();
         let mut stats = cpu::forward(
             &mut self.workspace,
             &setup,
@@ -376,7 +396,9 @@ impl<T: HeadFloat> ShardedHead<T> {
             self.bias.as_deref(),
         );
 
+        timings.forward = t.elapsed().as_secs_f64();
         // 4. all-reduce max, then the fused sum of rescaled sum-exp and target logits.
+        let t = Instant::now();
         if sharded && comm.world_size() > 1 {
             let mut global_max = stats.max.clone();
             comm.all_reduce(&mut global_max, ReduceOp::Max)?;
@@ -390,6 +412,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             stats.max = global_max;
             comm.all_reduce_sum_fused(&mut [&mut stats.sum, &mut stats.target])?;
         }
+        timings.communication += t.elapsed().as_secs_f64();
         let lse: Vec<T> = (0..rows)
             .map(|i| stats.max[i] + stats.sum[i].ln())
             .collect();
@@ -448,6 +471,7 @@ impl<T: HeadFloat> ShardedHead<T> {
                 bias_velocity: self.bias_velocity.as_deref_mut(),
             },
         };
+        let t = Instant::now();
         let mut dxn = cpu::backward(
             &mut self.workspace,
             &setup,
@@ -484,7 +508,9 @@ impl<T: HeadFloat> ShardedHead<T> {
             }
         }
 
+        timings.backward = t.elapsed().as_secs_f64();
         // 6. reduce-scatter the feature gradient to the rows' owners; normalisation backward.
+        let t = Instant::now();
         let mut grad = if sharded && comm.world_size() > 1 {
             let counts: Vec<usize> = row_counts.iter().map(|n| n * d).collect();
             let mut mine = vec![T::zero(); local_rows * d];
@@ -494,6 +520,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             dxn.truncate(local_rows * d);
             dxn
         };
+        timings.communication += t.elapsed().as_secs_f64();
         if let Some(inv) = &inv_xnorm {
             let first = row_counts[..rank.min(row_counts.len() - 1)]
                 .iter()
@@ -527,6 +554,14 @@ impl<T: HeadFloat> ShardedHead<T> {
             },
             gemm_flops: plan.gemm_flops(rows, d, sampled.len()),
             workspace_bytes: self.workspace.bytes() + self.xn.capacity() * size_of::<T>(),
+            timings: HeadTimings {
+                other: (started.elapsed().as_secs_f64()
+                    - timings.forward
+                    - timings.backward
+                    - timings.communication)
+                    .max(0.0),
+                ..timings
+            },
         })
     }
 }

@@ -22,7 +22,8 @@ pub mod shard;
 pub use error::HeadError;
 pub use float::{HeadFloat, Precision};
 pub use head::{
-    Accuracy, DEFAULT_MEMORY_BUDGET, HeadConfig, HeadOutput, HeadPath, ShardedHead, WeightUpdate,
+    Accuracy, DEFAULT_MEMORY_BUDGET, HeadConfig, HeadOutput, HeadPath, HeadTimings, ShardedHead,
+    WeightUpdate,
 };
 pub use loss::{LossConfig, LossKind, MarginParams};
 pub use sgd::SparseSgdConfig;

@@ -52,6 +52,9 @@ struct CaseReport {
     ratio_to_plain_matmul: f64,
     workspace_bytes: usize,
     rss_growth_during_steps_bytes: u64,
+    forward_seconds_median: f64,
+    backward_seconds_median: f64,
+    other_seconds_median: f64,
     loss_first: f64,
     loss_last: f64,
 }
@@ -66,7 +69,12 @@ fn median(v: &[f64]) -> f64 {
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map_or(0, |kib| kib * 1024)
 }
 
@@ -84,11 +92,24 @@ fn plain_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
         // strides below stay inside those buffers.
         unsafe {
             gemm::gemm(
-                b, c, d,
-                out.as_mut_ptr(), 1, c as isize, false,
-                x.as_ptr(), 1, d as isize,
-                w.as_ptr(), d as isize, 1,
-                0.0, 1.0, false, false, false,
+                b,
+                c,
+                d,
+                out.as_mut_ptr(),
+                1,
+                c as isize,
+                false,
+                x.as_ptr(),
+                1,
+                d as isize,
+                w.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
                 gemm::Parallelism::Rayon(threads),
             )
         };
@@ -120,12 +141,23 @@ fn burn_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
 
 fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     let parts: Vec<&str> = spec.split(':').collect();
-    anyhow::ensure!(parts.len() == 3, "case `{spec}` must be classes:ratio:budget_mib");
+    anyhow::ensure!(
+        parts.len() == 3,
+        "case `{spec}` must be classes:ratio:budget_mib"
+    );
     let classes: usize = parts[0].parse()?;
     let ratio: f64 = parts[1].parse()?;
-    let budget = if parts[2] == "default" { plsc_core::DEFAULT_MEMORY_BUDGET } else { parts[2].parse::<usize>()? << 20 };
+    let budget = if parts[2] == "default" {
+        plsc_core::DEFAULT_MEMORY_BUDGET
+    } else {
+        parts[2].parse::<usize>()? << 20
+    };
     let loss: LossConfig = args.loss.parse()?;
-    let config = HeadConfig::new(classes, args.dim).with_loss(loss).with_sample_ratio(ratio).with_memory_budget(budget).with_seed(1);
+    let config = HeadConfig::new(classes, args.dim)
+        .with_loss(loss)
+        .with_sample_ratio(ratio)
+        .with_memory_budget(budget)
+        .with_seed(1);
     tracing::info!(classes, ratio, budget, "initialising head");
     let mut head = ShardedHead::<f32>::new(config, 0, 1)?;
     let comm = ThreadGroup::new(1).pop().expect("one communicator");
@@ -133,22 +165,36 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     // A fresh batch every step, as in training (a repeated batch is learnt in a step or two).
     let batches: Vec<(Vec<f32>, Vec<i64>)> = (0..=args.iters)
         .map(|_| {
-            let x = (0..args.batch * args.dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let y = (0..args.batch).map(|_| rng.random_range(0..classes as i64)).collect();
+            let x = (0..args.batch * args.dim)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let y = (0..args.batch)
+                .map(|_| rng.random_range(0..classes as i64))
+                .collect();
             (x, y)
         })
         .collect();
     let mut times = Vec::new();
+    let (mut fwd, mut bwd, mut other) = (Vec::new(), Vec::new(), Vec::new());
     let mut losses = Vec::new();
     let mut last = None;
     let rss_before = rss_bytes();
     for step in 0..=args.iters {
         let t = Instant::now();
         let (features, labels) = &batches[step];
-        let out = head.step(&comm, features, labels, step as u64, WeightUpdate::Sgd { lr: 0.1 })?;
+        let out = head.step(
+            &comm,
+            features,
+            labels,
+            step as u64,
+            WeightUpdate::Sgd { lr: 0.1 },
+        )?;
         let dt = t.elapsed().as_secs_f64();
         if step > 0 {
             times.push(dt);
+            fwd.push(out.timings.forward);
+            bwd.push(out.timings.backward);
+            other.push(out.timings.other);
         }
         losses.push(out.loss);
         tracing::info!(classes, step, seconds = dt, loss = out.loss, "step");
@@ -158,7 +204,8 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     let out = last.expect("at least one step");
     let step_median = median(&times);
     let plain = plain_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters);
-    let burn_rate = burn_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters.min(2));
+    let burn_rate =
+        burn_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters.min(2));
     let achieved = out.gemm_flops / step_median / 1e9;
     Ok(CaseReport {
         classes,
@@ -178,6 +225,9 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
         ratio_to_plain_matmul: achieved / plain,
         workspace_bytes: out.workspace_bytes,
         rss_growth_during_steps_bytes: rss_growth,
+        forward_seconds_median: median(&fwd),
+        backward_seconds_median: median(&bwd),
+        other_seconds_median: median(&other),
         loss_first: losses[0],
         loss_last: *losses.last().unwrap_or(&f64::NAN),
     })
