@@ -14,8 +14,9 @@ use burn::nn::{Dropout, DropoutConfig, Linear, PRelu};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::{ModelError, Result};
-use crate::layers::{conv, linear, prelu};
+use crate::layers::{conv, linear, prelu_layer};
 use crate::norm::BatchNorm;
+use crate::ops::prelu;
 use crate::state::{StateReader, StateWriter, TorchState, join};
 
 /// Architecture of an IResNet.
@@ -102,7 +103,7 @@ impl IResNetConfig {
         IResNet {
             conv1: conv([self.in_channels, self.stem_width], 3, 1, 1, 1, std, device),
             bn1: BatchNorm::new(self.stem_width, false, device),
-            prelu: prelu(self.stem_width, device),
+            prelu: prelu_layer(self.stem_width, device),
             layer1: next(),
             layer2: next(),
             layer3: next(),
@@ -153,7 +154,7 @@ impl<B: Backend> IBasicBlock<B> {
             bn1: BatchNorm::new(inplanes, false, device),
             conv1: conv([inplanes, planes], 3, 1, 1, 1, std, device),
             bn2: BatchNorm::new(planes, false, device),
-            prelu: prelu(planes, device),
+            prelu: prelu_layer(planes, device),
             conv2: conv([planes, planes], 3, stride, 1, 1, std, device),
             bn3: BatchNorm::new(planes, false, device),
             downsample,
@@ -165,7 +166,7 @@ impl<B: Backend> IBasicBlock<B> {
         let out = self.bn1.forward(x.clone());
         let out = self.conv1.forward(out);
         let out = self.bn2.forward(out);
-        let out = self.prelu.forward(out);
+        let out = prelu(out, self.prelu.alpha.val());
         let out = self.conv2.forward(out);
         let out = self.bn3.forward(out);
         let identity = match &self.downsample {
@@ -256,7 +257,7 @@ impl<B: Backend> IResNet<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self.conv1.forward(x);
         let x = self.bn1.forward(x);
-        let mut x = self.prelu.forward(x);
+        let mut x = prelu(x, self.prelu.alpha.val());
         for block in self
             .layer1
             .iter()

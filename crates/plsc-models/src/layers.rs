@@ -39,7 +39,7 @@ pub(crate) fn kaiming_fan_out_std(out: usize, kernel_area: usize) -> f64 {
 }
 
 /// Per-channel PReLU with PyTorch's initial slope 0.25.
-pub(crate) fn prelu<B: Backend>(channels: usize, device: &B::Device) -> PRelu<B> {
+pub(crate) fn prelu_layer<B: Backend>(channels: usize, device: &B::Device) -> PRelu<B> {
     PReluConfig::new()
         .with_num_parameters(channels)
         .with_alpha(0.25)

@@ -22,6 +22,7 @@ pub mod iresnet;
 mod layers;
 pub mod mobilefacenet;
 pub mod norm;
+pub mod ops;
 pub mod optim;
 pub mod registry;
 pub mod state;

@@ -16,8 +16,9 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::{ModelError, Result};
 use crate::iresnet::final_spatial;
-use crate::layers::{conv, kaiming_fan_out_std, linear, prelu};
+use crate::layers::{conv, kaiming_fan_out_std, linear, prelu_layer};
 use crate::norm::BatchNorm;
+use crate::ops::prelu;
 use crate::state::{StateReader, StateWriter, TorchState, join};
 
 /// Architecture of a MobileFaceNet.
@@ -124,12 +125,15 @@ impl<B: Backend> ConvBlock<B> {
         Self {
             conv: mbf_conv(channels, kernel, stride, padding, groups, device),
             bn: BatchNorm::new(channels[1], false, device),
-            prelu: prelu(channels[1], device),
+            prelu: prelu_layer(channels[1], device),
         }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.prelu.forward(self.bn.forward(self.conv.forward(x)))
+        prelu(
+            self.bn.forward(self.conv.forward(x)),
+            self.prelu.alpha.val(),
+        )
     }
 
     fn fresh_replica(&self) -> Self {

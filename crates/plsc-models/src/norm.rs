@@ -15,6 +15,8 @@
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::ops::per_channel;
+
 /// PyTorch BatchNorm: `y = (x - mean) / sqrt(var + eps) * weight + bias` over dim 1.
 #[derive(Module, Debug)]
 pub struct BatchNorm<B: Backend> {
@@ -96,54 +98,47 @@ impl<B: Backend> BatchNorm<B> {
         }
     }
 
-    fn channel_shape<const D: usize>(&self) -> [usize; D] {
-        let mut shape = [1; D];
-        shape[1] = self.channels();
-        shape
-    }
-
     fn forward_eval<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let shape = self.channel_shape::<D>();
         let device = x.device();
         let mean = self.running_mean.value_sync().to_device(&device);
         let var = self.running_var.value_sync().to_device(&device);
         let scale = self.scale() / var.add_scalar(self.epsilon).sqrt();
         let shift = self.bias.val() - mean * scale.clone();
-        x * scale.reshape(shape) + shift.reshape(shape)
+        per_channel(x, Some(scale), Some(shift))
     }
 
     fn forward_train<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let shape = self.channel_shape::<D>();
         let dims = x.dims();
+        let channels = dims[1];
         let count: usize = dims
             .iter()
             .enumerate()
             .filter(|(d, _)| *d != 1)
             .map(|(_, n)| n)
             .product();
-        let reduce = |t: Tensor<B, D>| {
+        // Per-channel mean over every dim but 1, as a [C] vector.
+        let reduce = |t: Tensor<B, D>| -> Tensor<B, 1> {
             let mut t = t;
             for d in 0..D {
                 if d != 1 {
                     t = t.sum_dim(d);
                 }
             }
-            t.div_scalar(count as f64)
+            t.reshape([channels]).div_scalar(count as f64)
         };
         let mean = reduce(x.clone());
-        let centered = x - mean.clone();
+        let centered = per_channel(x, None, Some(mean.clone().neg()));
         let var = reduce(centered.clone().square());
 
         // Running statistics, PyTorch style: unbiased variance, momentum on the new value.
-        let channels = shape[1];
         let device = centered.device();
         let unbias = if count > 1 {
             count as f64 / (count as f64 - 1.0)
         } else {
             1.0
         };
-        let batch_mean = mean.detach().reshape([channels]);
-        let batch_var = var.clone().detach().reshape([channels]).mul_scalar(unbias);
+        let batch_mean = mean.detach();
+        let batch_var = var.clone().detach().mul_scalar(unbias);
         let running_mean = self.running_mean.value_sync().to_device(&device);
         let running_var = self.running_var.value_sync().to_device(&device);
         self.running_mean.update(
@@ -155,8 +150,8 @@ impl<B: Backend> BatchNorm<B> {
                 .detach(),
         );
 
-        let inv_std = var.add_scalar(self.epsilon).sqrt().recip();
-        centered * inv_std * self.scale().reshape(shape) + self.bias.val().reshape(shape)
+        let scale = self.scale() / var.add_scalar(self.epsilon).sqrt();
+        per_channel(centered, Some(scale), Some(self.bias.val()))
     }
 
     /// A copy whose running statistics live in new storage (see [`crate::replica`]).
