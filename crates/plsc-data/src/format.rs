@@ -96,6 +96,26 @@ pub fn decode_base64(b64: &[u8]) -> Result<Vec<u8>, LineError> {
         .map_err(|e| LineError::Base64(e.to_string()))
 }
 
+/// Checks a line cheaply: tab, label (against `classes`), base64 of the whole image field
+/// (decoded into `buf`, reused between calls) and a known image signature (JPEG, PNG, PNM).
+pub fn check_line_quick(
+    line: &[u8],
+    classes: Option<u64>,
+    buf: &mut Vec<u8>,
+) -> Result<(), LineError> {
+    let rec = parse_line(line, classes)?;
+    buf.clear();
+    B64.decode_vec(rec.image_b64.trim_ascii(), buf)
+        .map_err(|e| LineError::Base64(e.to_string()))?;
+    match image::guess_format(buf) {
+        Ok(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::Pnm) => Ok(()),
+        Ok(f) => Err(LineError::NotAnImage(format!("unsupported format {f:?}"))),
+        Err(_) => Err(LineError::NotAnImage(
+            "no JPEG, PNG or PNM signature".into(),
+        )),
+    }
+}
+
 /// Encodes bytes as standard padded base64.
 pub fn encode_base64(bytes: &[u8]) -> String {
     B64.encode(bytes)

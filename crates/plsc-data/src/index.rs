@@ -8,6 +8,16 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 
 use crate::error::{DataError, Location, Result};
+use crate::format::{BadPolicy, BadReport, check_line_quick};
+
+/// Per-line checks made while indexing (see [`LineIndex::build_checked`]).
+#[derive(Debug, Clone, Default)]
+pub struct LineCheck {
+    /// Labels must be below this class count.
+    pub classes: Option<u64>,
+    /// Skip, count and report bad lines instead of failing on the first.
+    pub skip_bad: bool,
+}
 
 /// One memory-mapped part file.
 #[derive(Debug)]
@@ -67,8 +77,18 @@ pub struct LineIndex {
 }
 
 impl LineIndex {
-    /// Maps and indexes `paths` (files scanned in parallel).
+    /// Maps and indexes `paths` (files scanned in parallel), without checking lines.
     pub fn build(paths: &[PathBuf]) -> Result<Self> {
+        Self::build_checked(paths, None).map(|(index, _)| index)
+    }
+
+    /// Maps and indexes `paths`; with `check`, every line's tab, label, base64 and image
+    /// signature are checked (see [`check_line_quick`]): a bad line is an error naming file
+    /// and line, or, with `skip_bad`, left out of the index and reported.
+    pub fn build_checked(
+        paths: &[PathBuf],
+        check: Option<&LineCheck>,
+    ) -> Result<(Self, BadReport)> {
         let files: Vec<MappedFile> = paths
             .iter()
             .map(|p| MappedFile::open(p))
@@ -79,40 +99,51 @@ impl LineIndex {
             bases.push(total);
             total += f.bytes().len() as u64;
         }
-        let per_file: Vec<(Vec<u64>, u64)> = files
+        let per_file: Vec<(Vec<u64>, u64, BadPolicy)> = files
             .par_iter()
             .zip(bases.par_iter())
-            .map(|(f, &base)| {
+            .map(|(f, &base)| -> Result<(Vec<u64>, u64, BadPolicy)> {
                 #[cfg(unix)]
                 if let Some(m) = &f.map {
                     let _ = m.advise(memmap2::Advice::Sequential);
                 }
                 let mut starts = Vec::new();
                 let mut empty = 0u64;
-                for (_, off, content) in crate::format::lines(f.bytes()) {
+                let mut bad = BadPolicy::new(check.is_some_and(|c| c.skip_bad));
+                let mut buf = Vec::new();
+                for (line_no, off, content) in crate::format::lines(f.bytes()) {
                     if content.is_empty() {
                         empty += 1;
-                    } else {
-                        starts.push(base + off as u64);
+                        continue;
                     }
+                    if let Some(c) = check
+                        && let Err(e) = check_line_quick(content, c.classes, &mut buf)
+                    {
+                        bad.handle(DataError::line(&f.path, line_no, e))?;
+                        continue;
+                    }
+                    starts.push(base + off as u64);
                 }
-                (starts, empty)
+                Ok((starts, empty, bad))
             })
-            .collect();
-        let n: usize = per_file.iter().map(|(s, _)| s.len()).sum();
+            .collect::<Result<_>>()?;
+        let n: usize = per_file.iter().map(|(s, _, _)| s.len()).sum();
         let mut starts = Vec::with_capacity(n);
         let mut empty_lines = 0;
-        for (s, e) in per_file {
+        let mut bad = BadPolicy::new(true);
+        for (s, e, b) in per_file {
             starts.extend_from_slice(&s);
             empty_lines += e;
+            bad.merge(b);
         }
-        Ok(Self {
+        let index = Self {
             files,
             bases,
             starts,
             empty_lines,
             bytes: total,
-        })
+        };
+        Ok((index, bad.report()))
     }
 
     /// Number of non-empty lines.

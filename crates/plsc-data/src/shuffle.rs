@@ -15,8 +15,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{DataError, Result};
+use crate::format::BadReport;
 use crate::format::{part_name, resolve_inputs};
-use crate::index::LineIndex;
+use crate::index::{LineCheck, LineIndex};
 use crate::output::StagedOutput;
 
 /// What to do with the lines that do not fill the last round of parts.
@@ -54,6 +55,9 @@ pub struct ShuffleSplitOptions {
     pub remainder: Remainder,
     /// Show a progress bar on stderr (hidden when stderr is not a terminal).
     pub progress: bool,
+    /// Check every line (tab, label, base64, image signature) while indexing; `None` shuffles
+    /// lines as opaque text.
+    pub check: Option<LineCheck>,
 }
 
 /// What [`shuffle_split`] did.
@@ -77,6 +81,8 @@ pub struct ShuffleSplitSummary {
     pub padded: u64,
     /// Lines dropped so the parts have equal length.
     pub dropped: u64,
+    /// Bad lines skipped under `skip_bad` (they are not written).
+    pub bad: BadReport,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -94,8 +100,9 @@ pub fn shuffle_split(
     protect.extend(inputs.iter().cloned());
     let staged = StagedOutput::begin(output, &protect)?;
     tracing::info!("indexing {} input file(s)", parts.len());
-    let mut index = LineIndex::build(&parts)?;
+    let (mut index, bad) = LineIndex::build_checked(&parts, opts.check.as_ref())?;
     let mut summary = shuffle_split_index(&mut index, &staged, opts)?;
+    summary.bad = bad;
     let names: Vec<String> = (0..opts.parts).map(part_name).collect();
     summary.file_list = staged.commit(&names)?;
     summary.seconds = t0.elapsed().as_secs_f64();
@@ -164,6 +171,7 @@ pub fn shuffle_split_index(
         per_part: vec![per; opts.parts],
         padded,
         dropped,
+        bad: BadReport::default(),
         seconds: 0.0,
     })
 }

@@ -107,6 +107,7 @@ where
                     seed: opts.seed,
                     remainder: opts.remainder,
                     progress: opts.progress,
+                    check: None,
                 },
             )?;
             drop(index);

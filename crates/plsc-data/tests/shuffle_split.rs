@@ -71,6 +71,7 @@ fn opts(parts: usize, seed: u64, remainder: Remainder) -> ShuffleSplitOptions {
         seed,
         remainder,
         progress: false,
+        check: None,
     }
 }
 
@@ -214,4 +215,45 @@ fn pad_with_fewer_lines_than_parts_wraps() {
     let (_, parts) = read_output(&out);
     let all = parts.concat();
     assert!(all.contains(&"a\t0".to_string()) && all.contains(&"b\t1".to_string()));
+}
+
+#[test]
+fn checked_split_names_bad_lines_or_skips_them() {
+    use plsc_data::format::encode_base64;
+    use plsc_data::index::LineCheck;
+    let dir = tempfile::tempdir().unwrap();
+    // A minimal binary PGM is a valid image signature.
+    let img = encode_base64(b"P5\n1 1\n255\n\x07");
+    let p = dir.path().join("p.txt");
+    std::fs::write(
+        &p,
+        format!("{img}\t0\r\n\r\n{img}\t1\n{img}\t7\n{img}\t2\nnot-base64!\t1\n{img}\t3"),
+    )
+    .unwrap();
+    let mut o = opts(2, 0, Remainder::Pad);
+    o.check = Some(LineCheck {
+        classes: Some(5),
+        skip_bad: false,
+    });
+    let err = shuffle_split(std::slice::from_ref(&p), &dir.path().join("a"), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("p.txt:4:") && err.contains("out of range"),
+        "{err}"
+    );
+    assert!(!dir.path().join("a").exists());
+    o.check = Some(LineCheck {
+        classes: Some(8),
+        skip_bad: true,
+    });
+    let s = shuffle_split(std::slice::from_ref(&p), &dir.path().join("b"), &o).unwrap();
+    assert_eq!((s.lines, s.bad.skipped), (5, 1));
+    assert!(
+        s.bad.examples[0].contains("p.txt:6:"),
+        "{:?}",
+        s.bad.examples
+    );
+    let (_, parts) = read_output(&dir.path().join("b"));
+    assert!(parts.concat().iter().all(|l| !l.starts_with("not-base64")));
 }

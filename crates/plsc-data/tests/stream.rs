@@ -112,6 +112,7 @@ fn two_ranks_own_parts_cover_each_sample_once_per_epoch() {
             seed: 1,
             remainder: Remainder::Drop,
             progress: false,
+            check: None,
         },
     )
     .unwrap();
