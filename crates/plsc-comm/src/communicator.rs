@@ -7,8 +7,11 @@ use crate::error::CommError;
 /// Integer sums wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReduceOp {
+    /// Element-wise sum, added in rank order.
     Sum,
+    /// Element-wise maximum.
     Max,
+    /// Element-wise minimum.
     Min,
 }
 
@@ -67,13 +70,16 @@ pub trait Communicator: Send + Sync {
 
 /// Typed convenience methods over any [`Communicator`].
 pub trait CommExt: Communicator {
+    /// Typed [`Communicator::all_reduce_raw`].
     fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<(), CommError> {
         self.all_reduce_raw(T::slice_mut(buf), op)
     }
+    /// Typed [`Communicator::all_reduce_sum_fused_raw`].
     fn all_reduce_sum_fused<T: Element>(&self, bufs: &mut [&mut [T]]) -> Result<(), CommError> {
         let mut views: Vec<HostSliceMut<'_>> = bufs.iter_mut().map(|b| T::slice_mut(b)).collect();
         self.all_reduce_sum_fused_raw(&mut views)
     }
+    /// Typed [`Communicator::all_gather_raw`] into a caller's buffer.
     fn all_gather_into<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<(), CommError> {
         self.all_gather_raw(T::slice(send), T::slice_mut(recv))
     }
@@ -92,6 +98,7 @@ pub trait CommExt: Communicator {
         let counts = self.all_gather_varcount_raw(T::slice(send), &mut recv)?;
         Ok((T::unwrap_host_vec(recv), counts))
     }
+    /// Typed [`Communicator::reduce_scatter_raw`].
     fn reduce_scatter<T: Element>(
         &self,
         send: &[T],
@@ -100,6 +107,7 @@ pub trait CommExt: Communicator {
     ) -> Result<(), CommError> {
         self.reduce_scatter_raw(T::slice(send), T::slice_mut(recv), counts)
     }
+    /// Typed [`Communicator::broadcast_raw`].
     fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {
         self.broadcast_raw(T::slice_mut(buf), root)
     }

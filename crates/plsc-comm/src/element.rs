@@ -1,9 +1,13 @@
 /// Element types the collectives move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// `f32`
     F32,
+    /// `f64`
     F64,
+    /// `i64`
     I64,
+    /// `u8`
     U8,
 }
 
@@ -35,6 +39,7 @@ pub enum HostVec {
 }
 
 impl HostSlice<'_> {
+    /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
             HostSlice::F32(_) => DType::F32,
@@ -43,6 +48,7 @@ impl HostSlice<'_> {
             HostSlice::U8(_) => DType::U8,
         }
     }
+    /// The number of elements.
     pub fn len(&self) -> usize {
         match self {
             HostSlice::F32(s) => s.len(),
@@ -51,12 +57,14 @@ impl HostSlice<'_> {
             HostSlice::U8(s) => s.len(),
         }
     }
+    /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 impl HostSliceMut<'_> {
+    /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
             HostSliceMut::F32(_) => DType::F32,
@@ -65,6 +73,7 @@ impl HostSliceMut<'_> {
             HostSliceMut::U8(_) => DType::U8,
         }
     }
+    /// The number of elements.
     pub fn len(&self) -> usize {
         match self {
             HostSliceMut::F32(s) => s.len(),
@@ -73,6 +82,7 @@ impl HostSliceMut<'_> {
             HostSliceMut::U8(s) => s.len(),
         }
     }
+    /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
