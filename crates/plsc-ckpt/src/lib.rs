@@ -2,3 +2,48 @@
 //! atomically, verified on load, resharded from N to M ranks, exported for inference.
 //!
 //! In the flow: `train` saves and resumes through **`ckpt`**; `serve` loads its exports.
+//!
+//! A checkpoint is `<root>/step-<n>/` (see `docs/checkpoints.md`):
+//! - `manifest.json` ([`Manifest`]): format version, class count, embedding size, world size,
+//!   each rank's class range, the head's loss and margin settings, the model spec, the
+//!   training state (step, epoch, lr schedule, loss scale, data position, seeds) and the size
+//!   and sha256 of every other file;
+//! - `backbone.safetensors`: parameters, buffers and momentum (`momentum.<name>`);
+//! - `head.rank<r>.safetensors`: `weight` and `momentum` rows of rank r's classes (and `bias`,
+//!   `bias_momentum` for plain softmax).
+//!
+//! Saving: [`save`] (one process, every shard), [`save_rank`] (every rank its own shard,
+//! through a [`plsc_comm::Communicator`]), [`PendingCheckpoint`] (shard by shard).
+//! Loading: [`latest_valid`] / [`latest_valid_shared`], [`Checkpoint::open`],
+//! [`Checkpoint::load_backbone`], [`Checkpoint::load_head_shard`] (any rank count, using
+//! plsc-core's balanced split), [`Checkpoint::load_into_head`].
+//! Offline: [`reshard`], [`export`] / [`load_exported`].
+//!
+//! The backbone is handled as a list of named f32 tensors ([`NamedTensor`]), so this crate
+//! does not depend on the model crate: plsc-models' `Backbone::state_tensors()` maps onto it
+//! one to one.
+
+mod error;
+pub mod export;
+mod layout;
+mod load;
+pub mod manifest;
+mod reshard;
+mod save;
+mod st;
+mod tensor;
+
+pub use error::{CkptError, Result};
+pub use export::{ExportedModel, ModelJson, export, load_exported};
+pub use layout::{list_checkpoints, parse_step_dir, step_dir_name};
+pub use load::{BackboneState, Checkpoint, HeadRows, latest_valid, latest_valid_shared};
+pub use manifest::{
+    DataPosition, LossScaleState, LrScheduleState, Manifest, ModelSpec, Seeds, TrainingState,
+};
+pub use reshard::reshard;
+pub use save::{
+    BackboneRef, CheckpointMeta, DEFAULT_KEEP_LAST, HeadShardRef, PendingCheckpoint, SaveOptions,
+    prune, save, save_rank,
+};
+pub use st::FileDigest;
+pub use tensor::{NamedTensor, TensorKind};

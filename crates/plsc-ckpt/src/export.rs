@@ -1,0 +1,254 @@
+//! Export for inference: the backbone's weights and buffers (no momentum, no head) as
+//! `backbone.safetensors`, and `model.json` with the architecture, embedding size, input size
+//! and channels and the input normalisation. This is what plsc-serve and `xtask eval` load,
+//! through [`load_exported`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CkptError, Result, io_err};
+use crate::layout::sync_dir;
+use crate::load::Checkpoint;
+use crate::manifest::{BACKBONE_FILE, ModelSpec};
+use crate::st::{MappedSt, StWriter, digest_file};
+use crate::tensor::{NamedTensor, TensorKind, extend_f32_from_le};
+
+/// File name of the model description in an export.
+pub const MODEL_JSON: &str = "model.json";
+/// Header metadata key of the exported weights: a JSON object of tensor key -> role.
+const KINDS_KEY: &str = "plsc_kinds";
+/// `format` of `model.json`.
+pub const EXPORT_FORMAT: &str = "plsc-model";
+/// Version of `model.json` this crate writes and reads.
+pub const EXPORT_VERSION: u32 = 1;
+
+/// The content of `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelJson {
+    /// Always [`EXPORT_FORMAT`].
+    pub format: String,
+    /// [`EXPORT_VERSION`].
+    pub format_version: u32,
+    /// Architecture, embedding size, input size and channels, normalisation.
+    #[serde(flatten)]
+    pub spec: ModelSpec,
+    /// The weights file (`backbone.safetensors`).
+    pub weights: String,
+    /// Its size in bytes.
+    pub weights_bytes: u64,
+    /// Its sha256 (lowercase hex).
+    pub weights_sha256: String,
+    /// The training step of the checkpoint it came from.
+    pub source_step: u64,
+}
+
+/// An exported model, loaded: its description and its named tensors (parameters and buffers
+/// with arcface_torch names, f32).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedModel {
+    /// Architecture and input.
+    pub spec: ModelSpec,
+    /// The step it was trained to.
+    pub source_step: u64,
+    /// Parameters, frozen parameters and buffers, in file order.
+    pub tensors: Vec<NamedTensor>,
+}
+
+/// Writes the backbone of `ckpt` (weights and buffers only) and `model.json` into `out`
+/// (through a temporary directory next to it, renamed at the end; an earlier export there is
+/// replaced, any other non-empty directory is refused). Returns `out`.
+pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
+    let manifest = ckpt.manifest();
+    let (spec, entry) = match (&manifest.model, &manifest.backbone) {
+        (Some(spec), Some(entry)) => (spec.clone(), entry.clone()),
+        _ => {
+            return Err(CkptError::MissingFile {
+                path: ckpt.dir().join(BACKBONE_FILE),
+                listed_in: ckpt.dir().join(crate::manifest::MANIFEST_FILE),
+            });
+        }
+    };
+    if out.exists() {
+        let empty = std::fs::read_dir(out)
+            .map_err(io_err(out))?
+            .next()
+            .is_none();
+        if !empty && !out.join(MODEL_JSON).is_file() {
+            return Err(CkptError::Invalid {
+                what: "export directory",
+                detail: format!("{} exists and is not an earlier export", out.display()),
+            });
+        }
+    }
+    let src = ckpt.open_backbone()?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    let kept: Vec<_> = entry
+        .tensors
+        .iter()
+        .filter(|t| t.kind != TensorKind::Momentum)
+        .collect();
+    let specs: Vec<(String, Vec<usize>)> = kept
+        .iter()
+        .map(|t| (t.key.clone(), t.shape.clone()))
+        .collect();
+    let weights_path = tmp.join(BACKBONE_FILE);
+    // One metadata key (`plsc_kinds`: a JSON object of key -> role) keeps the header
+    // deterministic; safetensors writes its metadata map in hash order.
+    let kinds: BTreeMap<&str, &str> = kept
+        .iter()
+        .map(|t| (t.key.as_str(), kind_name(t.kind)))
+        .collect();
+    let kinds = serde_json::to_string(&kinds).expect("a map of strings serialises");
+    let mut w = StWriter::create(
+        &weights_path,
+        &specs,
+        Some(HashMap::from([(KINDS_KEY.to_string(), kinds)])),
+    )?;
+    for t in &kept {
+        w.write(src.f32_tensor_shaped(&t.key, &t.shape)?)?;
+    }
+    let digest = w.finish()?;
+    let json = ModelJson {
+        format: EXPORT_FORMAT.into(),
+        format_version: EXPORT_VERSION,
+        spec,
+        weights: BACKBONE_FILE.into(),
+        weights_bytes: digest.bytes,
+        weights_sha256: digest.sha256,
+        source_step: manifest.step(),
+    };
+    let json_path = tmp.join(MODEL_JSON);
+    let text = serde_json::to_vec_pretty(&json).map_err(|source| CkptError::Json {
+        path: json_path.clone(),
+        source,
+    })?;
+    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    sync_dir(&tmp)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(io_err(out))?;
+    }
+    std::fs::rename(&tmp, out).map_err(io_err(out))?;
+    tracing::info!("exported step {} to {}", manifest.step(), out.display());
+    Ok(out.to_path_buf())
+}
+
+/// Reads an export: `model.json` (validated) and the weights, whose size and sha256 are
+/// checked against it.
+pub fn load_exported(dir: &Path) -> Result<ExportedModel> {
+    let json_path = dir.join(MODEL_JSON);
+    let text = std::fs::read(&json_path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            CkptError::MissingFile {
+                path: json_path.clone(),
+                listed_in: dir.to_path_buf(),
+            }
+        } else {
+            CkptError::Io {
+                path: json_path.clone(),
+                source,
+            }
+        }
+    })?;
+    let json: ModelJson = serde_json::from_slice(&text).map_err(|source| CkptError::Json {
+        path: json_path.clone(),
+        source,
+    })?;
+    if json.format != EXPORT_FORMAT
+        || json.format_version == 0
+        || json.format_version > EXPORT_VERSION
+    {
+        return Err(CkptError::BadManifest {
+            path: json_path,
+            detail: format!(
+                "format `{}` version {} is not `{EXPORT_FORMAT}` 1..={EXPORT_VERSION}",
+                json.format, json.format_version
+            ),
+        });
+    }
+    json.spec.validate(&json_path)?;
+    if json.weights.contains('/') || json.weights.contains('\\') {
+        return Err(CkptError::BadManifest {
+            path: json_path,
+            detail: format!("weights file name `{}` is not allowed", json.weights),
+        });
+    }
+    let weights = dir.join(&json.weights);
+    if !weights.is_file() {
+        return Err(CkptError::MissingFile {
+            path: weights,
+            listed_in: json_path,
+        });
+    }
+    let digest = digest_file(&weights)?;
+    if digest.bytes != json.weights_bytes {
+        return Err(CkptError::SizeMismatch {
+            path: weights,
+            expected: json.weights_bytes,
+            found: digest.bytes,
+        });
+    }
+    if digest.sha256 != json.weights_sha256 {
+        return Err(CkptError::ChecksumMismatch {
+            path: weights,
+            expected: json.weights_sha256,
+            found: digest.sha256,
+        });
+    }
+    let st = MappedSt::open(&weights)?;
+    let kinds: BTreeMap<String, String> = st
+        .metadata()
+        .and_then(|m| m.get(KINDS_KEY))
+        .and_then(|k| serde_json::from_str(k).ok())
+        .unwrap_or_default();
+    let mut tensors = Vec::new();
+    for key in st.names() {
+        let (shape, bytes) = st.f32_tensor(&key)?;
+        let mut values = Vec::with_capacity(bytes.len() / 4);
+        extend_f32_from_le(&mut values, bytes);
+        let kind = kinds
+            .get(&key)
+            .and_then(|k| kind_from_name(k))
+            .unwrap_or(TensorKind::Param);
+        tensors.push(NamedTensor::new(key, shape.to_vec(), kind, values));
+    }
+    Ok(ExportedModel {
+        spec: json.spec,
+        source_step: json.source_step,
+        tensors,
+    })
+}
+
+/// The name of a tensor role in an export's header metadata.
+fn kind_name(kind: TensorKind) -> &'static str {
+    match kind {
+        TensorKind::Param => "param",
+        TensorKind::FrozenParam => "frozen_param",
+        TensorKind::Buffer => "buffer",
+        TensorKind::Momentum => "momentum",
+    }
+}
+
+/// The role named in an export's header metadata.
+fn kind_from_name(name: &str) -> Option<TensorKind> {
+    match name {
+        "param" => Some(TensorKind::Param),
+        "frozen_param" => Some(TensorKind::FrozenParam),
+        "buffer" => Some(TensorKind::Buffer),
+        _ => None,
+    }
+}
