@@ -2,7 +2,9 @@
 //!
 //! For each rank count and f32 buffer size: the median time of a sum all-reduce of the buffer,
 //! of an all-gather whose result is the buffer size (each rank sends `size / ranks`), and of a
-//! `copy_from_slice` of the same size into a reused buffer, all measured in the same run.
+//! `copy_from_slice` of the same size into a reused buffer, all measured in the same run (the
+//! memcpy on rank 0's thread, interleaved with the all-reduce iterations, so that both see the
+//! same load on a shared machine).
 //! Bandwidth is the buffer size divided by the median time.
 
 use std::time::Instant;
@@ -97,40 +99,58 @@ struct Report {
     machine: crate::machine::MachineInfo,
 }
 
-/// Median-able times of `copy_from_slice` of `elems` f32 values into a reused buffer.
-fn time_memcpy(elems: usize, iters: usize) -> Vec<f64> {
-    let src = vec![1.0f32; elems];
-    let mut dst = vec![0.0f32; elems];
-    dst.copy_from_slice(&src); // warm-up (pages are touched above already)
-    (0..iters)
-        .map(|_| {
-            let t = Instant::now();
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut dst);
-            t.elapsed().as_secs_f64()
-        })
-        .collect()
+/// A plain memcpy of the benchmark's size: `copy_from_slice` into a reused buffer.
+struct Memcpy {
+    src: Vec<f32>,
+    dst: Vec<f32>,
+}
+
+impl Memcpy {
+    fn new(elems: usize) -> Self {
+        let mut m = Self {
+            src: vec![1.0; elems],
+            dst: vec![0.0; elems],
+        };
+        m.run(); // warm-up: the pages of both buffers are touched
+        m
+    }
+
+    fn run(&mut self) -> f64 {
+        let t = Instant::now();
+        self.dst.copy_from_slice(std::hint::black_box(&self.src));
+        std::hint::black_box(&mut self.dst);
+        t.elapsed().as_secs_f64()
+    }
 }
 
 /// Times of one collective as seen by rank 0, each iteration starting from a barrier. `setup`
 /// makes each rank's buffers once (on the rank's thread); `op` runs the collective on them.
+/// With `memcpy_elems`, rank 0 also times a memcpy of that many f32 before each iteration
+/// (while the other ranks wait), so both figures see the same machine load; its times come
+/// second.
 fn time_ranks<S>(
     ranks: usize,
     iters: usize,
+    memcpy_elems: Option<usize>,
     setup: impl Fn(&dyn Communicator) -> S + Sync,
     op: impl Fn(&dyn Communicator, &mut S) -> Result<(), CommError> + Sync,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let results = run_ranks(ranks, |comm| {
         let mut state = setup(&comm);
+        let mut memcpy = memcpy_elems.filter(|_| comm.rank() == 0).map(Memcpy::new);
         op(&comm, &mut state)?; // warm-up
         let mut times = Vec::with_capacity(iters);
+        let mut memcpy_times = Vec::with_capacity(iters);
         for _ in 0..iters {
+            if let Some(m) = memcpy.as_mut() {
+                memcpy_times.push(m.run());
+            }
             comm.barrier()?;
             let t = Instant::now();
             op(&comm, &mut state)?;
             times.push(t.elapsed().as_secs_f64());
         }
-        Ok::<_, CommError>(times)
+        Ok::<_, CommError>((times, memcpy_times))
     });
     let mut per_rank = results
         .into_iter()
@@ -141,21 +161,22 @@ fn time_ranks<S>(
 
 fn measure(ranks: usize, size: usize, iters: usize) -> anyhow::Result<Case> {
     let elems = size / 4;
-    let memcpy = Timing::new(time_memcpy(elems, iters), size);
-
     // Zeros stay zeros under repeated sums.
-    let all_reduce = time_ranks(
+    let (all_reduce, memcpy) = time_ranks(
         ranks,
         iters,
+        Some(elems),
         |_| vec![0.0f32; elems],
         |comm, buf| comm.all_reduce(buf, ReduceOp::Sum),
     )?;
     let all_reduce = Timing::new(all_reduce, size);
+    let memcpy = Timing::new(memcpy, size);
 
     let send_elems = elems / ranks;
-    let all_gather = time_ranks(
+    let (all_gather, _) = time_ranks(
         ranks,
         iters,
+        None,
         |comm| {
             (
                 vec![1.0f32; send_elems],
@@ -194,9 +215,7 @@ pub fn run(args: CommArgs) -> anyhow::Result<()> {
     let mut cases = Vec::new();
     for &ranks in &args.ranks {
         for &size in &args.sizes {
-            let iters = args
-                .iters
-                .unwrap_or(((1usize << 30) / size).clamp(15, 500));
+            let iters = args.iters.unwrap_or(((1usize << 30) / size).clamp(15, 500));
             tracing::info!(ranks, size, iters, "measuring");
             cases.push(measure(ranks, size, iters)?);
         }
