@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use plsc_data::index::LineCheck;
 use plsc_data::shuffle::{Remainder, ShuffleSplitOptions, ShuffleSplitSummary};
 use plsc_data::synth::{SynthFormat, SynthOptions};
 use plsc_data::writer::{WriteOptions, WriteSummary};
@@ -46,6 +47,15 @@ pub struct ShuffleSplitArgs {
     /// `drop`: drop the tail. The summary says how many.
     #[arg(long, default_value = "pad")]
     remainder: Remainder,
+    /// Class count: labels at or above it are bad lines.
+    #[arg(long)]
+    classes: Option<u64>,
+    /// Skip bad lines (not written), count them and report them, instead of failing.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Do not check lines (tab, label, base64, image signature): shuffle them as opaque text.
+    #[arg(long, conflicts_with_all = ["skip_bad", "classes"])]
+    no_check: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -177,6 +187,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                     seed: a.seed,
                     remainder: a.remainder,
                     progress: !a.no_progress,
+                    check: (!a.no_check).then_some(LineCheck {
+                        classes: a.classes,
+                        skip_bad: a.skip_bad,
+                    }),
                 },
             )?;
             if a.json {
@@ -271,6 +285,10 @@ fn print_split(s: &ShuffleSplitSummary) {
     );
     println!("padded:       {}", s.padded);
     println!("dropped:      {}", s.dropped);
+    println!("bad skipped:  {}", s.bad.skipped);
+    for e in &s.bad.examples {
+        println!("  {e}");
+    }
     println!(
         "time:         {:.2} s ({:.1} MB/s)",
         s.seconds,
