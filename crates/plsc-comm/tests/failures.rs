@@ -455,3 +455,42 @@ fn overlapping_calls_on_one_rank_are_refused() {
         });
     });
 }
+
+/// A caller's own error type: `run_ranks` is generic over it (it only needs `From<CommError>`).
+#[derive(Debug, PartialEq)]
+enum AppError {
+    Comm(CommError),
+    Invalid(&'static str),
+}
+
+impl From<CommError> for AppError {
+    fn from(e: CommError) -> Self {
+        AppError::Comm(e)
+    }
+}
+
+#[test]
+fn a_rank_error_is_returned_and_the_others_see_it_leave() {
+    let results = guarded(|| {
+        run_ranks(2, |comm| {
+            if comm.rank() == 0 {
+                return Err(AppError::Invalid("bad input on rank 0"));
+            }
+            comm.barrier()?;
+            Ok(())
+        })
+    });
+    assert_eq!(results[0], Err(AppError::Invalid("bad input on rank 0")));
+    assert!(
+        matches!(
+            &results[1],
+            Err(AppError::Comm(CommError::PeerLeft {
+                rank: 1,
+                peer: 0,
+                ..
+            }))
+        ),
+        "{:?}",
+        results[1]
+    );
+}
