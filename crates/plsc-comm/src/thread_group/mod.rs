@@ -72,6 +72,9 @@ impl ThreadGroup {
 
 /// One rank of a [`ThreadGroup`]: a [`Communicator`] over shared memory.
 ///
+/// It is `Sync`, but the calls of one rank must not overlap: a collective started while another
+/// one is running on the same communicator is refused with [`CommError::Mismatch`].
+///
 /// Dropping it (when its thread finishes, returns an error or unwinds from a panic) tells the
 /// other ranks that this rank left: their pending and later collectives fail with
 /// [`CommError::PeerLeft`].
