@@ -98,7 +98,8 @@ impl std::fmt::Debug for Checkpoint {
 impl Checkpoint {
     /// Opens `dir` (a `step-<n>/` directory): reads and validates the manifest and checks that
     /// every listed file exists with its recorded size. Checksums are checked when a file is
-    /// first read, or all at once by [`Self::verify`].
+    /// first read through this handle, or all at once by [`Self::verify`]; each file is
+    /// checked once per handle.
     pub fn open(dir: &Path) -> Result<Self> {
         let manifest_path = dir.join(MANIFEST_FILE);
         if !manifest_path.is_file() {

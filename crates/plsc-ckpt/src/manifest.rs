@@ -98,19 +98,74 @@ impl ModelSpec {
     }
 }
 
+/// f64 written as the shortest decimal string that reads back to the same bits (`"0.1"`,
+/// `"0.09970000000000001"`, `"inf"`): serde_json's default number parser is not exact beyond
+/// 15 significant digits, and a resumed run needs the learning rate and loss scale bit for bit.
+/// Plain JSON numbers are accepted on input.
+mod exact_f64 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Repr {
+        Text(String),
+        Number(f64),
+    }
+
+    impl Repr {
+        pub(super) fn value<E: Error>(self) -> Result<f64, E> {
+            match self {
+                Repr::Text(t) => t
+                    .trim()
+                    .parse()
+                    .map_err(|_| E::custom(format!("`{t}` is not a number"))),
+                Repr::Number(n) => Ok(n),
+            }
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:?}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Repr::deserialize(d)?.value()
+    }
+}
+
+/// [`exact_f64`] for the values of a map.
+mod exact_f64_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k, format!("{v:?}"))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        BTreeMap::<String, super::exact_f64::Repr>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| v.value().map(|v| (k, v)))
+            .collect()
+    }
+}
+
 /// Position in the learning-rate schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct LrScheduleState {
     /// Schedule name as the trainer knows it (`cosine`, `step`, `poly`, ...).
     pub schedule: String,
     /// Base learning rate.
+    #[serde(with = "exact_f64")]
     pub base_lr: f64,
     /// The learning rate of the next step.
+    #[serde(with = "exact_f64")]
     pub current_lr: f64,
     /// Steps the schedule has advanced.
     pub step: u64,
     /// Any other numbers of the schedule (warm-up steps, total steps, decay points ...).
-    #[serde(default)]
+    #[serde(default, with = "exact_f64_map")]
     pub params: BTreeMap<String, f64>,
 }
 
@@ -118,6 +173,7 @@ pub struct LrScheduleState {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LossScaleState {
     /// The current scale.
+    #[serde(with = "exact_f64")]
     pub scale: f64,
     /// Finite steps since the last change (the growth counter).
     pub good_steps: u64,
@@ -162,7 +218,8 @@ pub struct TrainingState {
     pub data: DataPosition,
     /// Seeds.
     pub seeds: Seeds,
-    /// Anything else the trainer wants back (opaque to plsc-ckpt).
+    /// Anything else the trainer wants back (opaque to plsc-ckpt). JSON numbers with more than
+    /// 15 significant digits may not read back bit for bit: store exact floats as strings.
     #[serde(default)]
     pub extra: serde_json::Value,
 }
@@ -354,4 +411,42 @@ impl Manifest {
 
 fn ranges(shards: &[ClassShard]) -> Vec<(usize, usize)> {
     shards.iter().map(|s| (s.start, s.end())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_floats_read_back_bit_for_bit() {
+        let values = [
+            0.1 * (1.0 - 3.0 / 1000.0),
+            1.0 / 3.0,
+            f64::MIN_POSITIVE / 3.0,
+            65536.0,
+            f64::INFINITY,
+            -0.0,
+        ];
+        for v in values {
+            let state = LrScheduleState {
+                schedule: "cosine".into(),
+                base_lr: v,
+                current_lr: v * 0.7,
+                step: 3,
+                params: [("x".to_string(), v / 7.0)].into(),
+            };
+            let text = serde_json::to_string(&state).unwrap();
+            let back: LrScheduleState = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.base_lr.to_bits(), v.to_bits(), "{text}");
+            assert_eq!(back.current_lr.to_bits(), (v * 0.7).to_bits(), "{text}");
+            assert_eq!(back.params["x"].to_bits(), (v / 7.0).to_bits(), "{text}");
+        }
+        // Plain numbers are accepted too.
+        let s: LossScaleState =
+            serde_json::from_str(r#"{"scale": 1024, "good_steps": 2}"#).unwrap();
+        assert_eq!(s.scale, 1024.0);
+        assert!(
+            serde_json::from_str::<LossScaleState>(r#"{"scale": "x", "good_steps": 2}"#).is_err()
+        );
+    }
 }
