@@ -1,0 +1,95 @@
+//! The error type of plsc-train.
+
+use std::path::PathBuf;
+
+/// Everything a training run can fail with; each message names the file, setting or rank.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A setting is invalid or settings contradict each other.
+    #[error("setting `{name}`: {detail}")]
+    Config {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A config file could not be read or parsed.
+    #[error("config file {path}: {detail}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A file or folder could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The head failed.
+    #[error("rank {rank}: head: {source}")]
+    Head {
+        /// The rank.
+        rank: usize,
+        /// The head's error.
+        source: plsc_core::HeadError,
+    },
+    /// The backbone failed.
+    #[error("rank {rank}: backbone: {source}")]
+    Model {
+        /// The rank.
+        rank: usize,
+        /// The model's error.
+        source: plsc_models::ModelError,
+    },
+    /// The data stream failed.
+    #[error("rank {rank}: data: {source}")]
+    Data {
+        /// The rank.
+        rank: usize,
+        /// The data error.
+        source: plsc_data::DataError,
+    },
+    /// A batch has the wrong shape or size.
+    #[error("rank {rank}: batch at step {step}: {detail}")]
+    Batch {
+        /// The rank.
+        rank: usize,
+        /// The step.
+        step: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The data ran out before the last step.
+    #[error("rank {rank}: the data ended at step {step} of {total}")]
+    DataEnded {
+        /// The rank.
+        rank: usize,
+        /// The step that found no batch.
+        step: u64,
+        /// The planned step count.
+        total: u64,
+    },
+    /// A collective failed.
+    #[error("collective: {0}")]
+    Comm(#[from] plsc_comm::CommError),
+    /// Verification failed.
+    #[error("verification on {target}: {source}")]
+    Eval {
+        /// The pair set.
+        target: String,
+        /// The evaluation error.
+        source: plsc_eval::EvalError,
+    },
+}
+
+/// Result with [`TrainError`].
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}

@@ -1,0 +1,235 @@
+//! A complete run from an [`Entry`] on the CPU backend: data streams over `dataset_dir`, the
+//! registered backbone, verification sets, and a run directory with `config.toml`,
+//! `metrics.jsonl`, `backbone.safetensors` and `summary.json`.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use plsc_data::decode::ImageSpec;
+use plsc_data::stream::{BatchStream, Position, StreamConfig};
+use plsc_eval::PairSet;
+use plsc_models::{Backbone, BackboneConfig};
+use serde::Serialize;
+
+use crate::entry::Entry;
+use crate::error::{Result, TrainError};
+use crate::model::TrainModel;
+use crate::run_dir::{JsonLines, create_run_dir, write_atomically};
+use crate::trainer::{BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Timings, train};
+
+/// The training backend on CPU.
+pub type CpuBackend = Autodiff<Flex>;
+
+/// Where a run put its files and what it reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The settings as used.
+    pub config: PathBuf,
+    /// Training and verification records.
+    pub metrics: PathBuf,
+    /// The final backbone (arcface_torch names, safetensors).
+    pub backbone: PathBuf,
+    /// Steps run.
+    pub steps: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// Global batch.
+    pub global_batch: usize,
+    /// The learning rate after the batch scaling rule.
+    pub scaled_lr: f64,
+    /// Loss of the first and the last step.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Steps skipped for non-finite gradients.
+    pub skipped_steps: u64,
+    /// The last verification of each set.
+    pub final_eval: Vec<EvalRecord>,
+    /// Rank 0's time split.
+    pub timings: Timings,
+    /// Mean global images per second over the run (verification excluded).
+    pub images_per_sec: f64,
+}
+
+fn stream_config(entry: &Entry, rank: usize) -> StreamConfig {
+    StreamConfig {
+        rank,
+        world: entry.ranks,
+        batch_size: entry.train_batch_size,
+        seed: entry.seed,
+        spec: ImageSpec {
+            height: entry.input_size as u32,
+            width: entry.input_size as u32,
+            channels: entry.in_channels,
+            ..ImageSpec::default()
+        },
+        flip: entry.flip,
+        prefetch: 2,
+        classes: Some(entry.num_classes as u64),
+        skip_bad: false,
+        threads: Some(entry.data_threads.max(1)),
+    }
+}
+
+/// Opens rank `rank`'s stream over `dataset_dir/file_list.txt`.
+pub fn open_stream(entry: &Entry, rank: usize) -> Result<BatchStream> {
+    let list = entry.dataset_dir.join("file_list.txt");
+    BatchStream::from_file_list(&list, stream_config(entry, rank))
+        .map_err(|source| TrainError::Data { rank, source })
+}
+
+/// Rank `rank`'s batches from its stream, endless (epochs follow each other).
+pub fn stream_batches(stream: &BatchStream, rank: usize) -> BatchIter {
+    Box::new(stream.iter(Position::default(), None).map(move |b| {
+        b.map(|b| LocalBatch {
+            images: b.images,
+            labels: b.labels,
+        })
+        .map_err(|source| TrainError::Data { rank, source })
+    }))
+}
+
+/// Steps per epoch: `train_image_num / global_batch` when set (PLSC), else the stream's count.
+pub fn steps_per_epoch(entry: &Entry, stream: &BatchStream) -> u64 {
+    match entry.train_image_num {
+        Some(n) => n / entry.global_batch() as u64,
+        None => stream.steps_per_epoch(),
+    }
+}
+
+/// Loads the verification sets of `entry` (empty without `with_test`).
+pub fn load_val_sets(entry: &Entry) -> Result<Vec<(String, PairSet)>> {
+    if !entry.with_test {
+        return Ok(Vec::new());
+    }
+    let spec = plsc_eval::ImageSpec {
+        height: entry.input_size,
+        width: entry.input_size,
+        channels: entry.in_channels,
+    };
+    entry
+        .val_paths()
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string());
+            PairSet::load(&p, spec)
+                .map(|s| (name.clone(), s))
+                .map_err(|source| TrainError::Eval {
+                    target: p.display().to_string(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// The backbone `entry` names, seeded.
+pub fn build_backbone(
+    entry: &Entry,
+    device: &burn_flex::FlexDevice,
+) -> Result<Backbone<CpuBackend>> {
+    BackboneConfig::new(entry.model.clone())
+        .with_embedding_size(entry.embedding_size)
+        .with_in_channels(entry.in_channels)
+        .with_input_size(entry.input_size)
+        .init_seeded(entry.seed, device)
+        .map_err(|source| TrainError::Model { rank: 0, source })
+}
+
+/// Trains `entry` on the CPU and writes a new run directory under `entry.model_save_dir`.
+pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
+    entry.validate()?;
+    let device = Default::default();
+    let streams: Vec<BatchStream> = (0..entry.ranks)
+        .map(|r| open_stream(entry, r))
+        .collect::<Result<_>>()?;
+    let spe = steps_per_epoch(entry, &streams[0]);
+    if spe == 0 {
+        return Err(TrainError::Config {
+            name: "train_batch_size",
+            detail: format!(
+                "the data in {} holds less than one global batch of {}",
+                entry.dataset_dir.display(),
+                entry.global_batch()
+            ),
+        });
+    }
+    let plan = Plan::new(entry, spe);
+    let val_sets = load_val_sets(entry)?;
+    let backbone = build_backbone(entry, &device)?;
+
+    let run_dir = create_run_dir(&entry.model_save_dir)?;
+    let config = run_dir.join("config.toml");
+    entry.save(&config)?;
+    let metrics = run_dir.join("metrics.jsonl");
+    tracing::info!(
+        run_dir = %run_dir.display(),
+        steps = plan.total_steps,
+        steps_per_epoch = plan.steps_per_epoch,
+        global_batch = entry.global_batch(),
+        lr = entry.scaled_lr(),
+        "training {} with {} on {} rank threads",
+        entry.model,
+        entry.loss,
+        entry.ranks
+    );
+    let outputs = Outputs {
+        metrics: Some(JsonLines::create(&metrics)?),
+        progress,
+        val_sets,
+    };
+    let outcome = train::<CpuBackend, _, _>(
+        entry,
+        &backbone,
+        &device,
+        plan,
+        |rank| Ok(stream_batches(&streams[rank], rank)),
+        outputs,
+    )?;
+    let backbone_path = run_dir.join("backbone.safetensors");
+    outcome.ranks[0]
+        .model
+        .save(&backbone_path)
+        .map_err(|source| TrainError::Model { rank: 0, source })?;
+    let mut final_eval: Vec<EvalRecord> = Vec::new();
+    for e in outcome.evals.iter().rev() {
+        if !final_eval.iter().any(|f| f.target == e.target) {
+            final_eval.insert(0, e.clone());
+        }
+    }
+    let t = outcome.timings;
+    let train_s = (t.total_s - t.eval_s).max(1e-9);
+    let summary = RunSummary {
+        run_dir: run_dir.clone(),
+        config,
+        metrics,
+        backbone: backbone_path,
+        steps: plan.total_steps,
+        steps_per_epoch: plan.steps_per_epoch,
+        global_batch: entry.global_batch(),
+        scaled_lr: entry.scaled_lr(),
+        first_loss: outcome.losses.first().copied().unwrap_or(f64::NAN),
+        last_loss: outcome.losses.last().copied().unwrap_or(f64::NAN),
+        skipped_steps: outcome.skipped_steps,
+        final_eval,
+        timings: t,
+        images_per_sec: (plan.total_steps as usize * entry.global_batch()) as f64 / train_s,
+    };
+    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    write_atomically(&run_dir.join("summary.json"), json.as_bytes())?;
+    Ok(summary)
+}
+
+/// `path` relative to the current directory when it lies below it (for printing).
+pub fn display_path(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}

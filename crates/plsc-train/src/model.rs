@@ -1,0 +1,48 @@
+//! What the loop needs from a backbone: [`TrainModel`], implemented for plsc-models'
+//! [`Backbone`] (and by tests for small models without batch statistics).
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use plsc_models::{Backbone, ModelError};
+
+/// A trainable embedding network on autodiff backend `B`.
+pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'static {
+    /// Training-mode forward: images `[N, C, S, S]` -> embeddings `[N, D]`.
+    fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 2>;
+
+    /// Evaluation-mode forward of the inner (non-autodiff) module.
+    fn embed_valid(
+        inner: &Self::InnerModule,
+        images: Tensor<B::InnerBackend, 4>,
+    ) -> Tensor<B::InnerBackend, 2>;
+
+    /// An independent copy for another rank thread: same values, nothing mutable shared.
+    fn replica(&self) -> Self;
+
+    /// Writes the weights (and running statistics) to `path`.
+    fn save(&self, path: &Path) -> Result<(), ModelError>;
+}
+
+impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
+    fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward(images)
+    }
+
+    fn embed_valid(
+        inner: &Backbone<B::InnerBackend>,
+        images: Tensor<B::InnerBackend, 4>,
+    ) -> Tensor<B::InnerBackend, 2> {
+        inner.forward(images)
+    }
+
+    fn replica(&self) -> Self {
+        self.fresh_replica()
+    }
+
+    fn save(&self, path: &Path) -> Result<(), ModelError> {
+        self.save_safetensors(path)
+    }
+}

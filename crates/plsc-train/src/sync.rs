@@ -1,0 +1,176 @@
+//! Data-parallel gradient synchronisation: the backbone's gradients are flattened in parameter
+//! order into one host buffer, summed across ranks in buckets through plsc-comm, then unscaled,
+//! clipped and put back.
+//!
+//! The sum (not the mean) is right because the head's loss is already the mean over the global
+//! batch: each rank's gradient is its share of the global-batch gradient.
+
+use std::collections::HashSet;
+
+use burn::module::{ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use plsc_comm::{CommExt, Communicator, ReduceOp};
+
+use crate::error::Result;
+
+/// Floats per all-reduce call (16 MiB of f32).
+pub const BUCKET_ELEMS: usize = 4 << 20;
+
+/// A parameter's place in the flat buffer.
+#[derive(Debug, Clone)]
+struct Slot {
+    id: ParamId,
+    shape: Vec<usize>,
+    offset: usize,
+    len: usize,
+}
+
+/// The flat gradients of one step.
+pub struct FlatGrads {
+    slots: Vec<Slot>,
+    /// All gradients in parameter order, then any extra values the caller appended.
+    pub values: Vec<f32>,
+}
+
+struct Collect<'a> {
+    grads: &'a mut GradientsParams,
+    seen: HashSet<ParamId>,
+    slots: Vec<Slot>,
+    values: Vec<f32>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.seen.insert(param.id) {
+            return;
+        }
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let shape = g.dims().to_vec();
+            let data = g.into_data().convert::<f32>();
+            let v = data.as_slice::<f32>().unwrap_or(&[]);
+            self.slots.push(Slot {
+                id: param.id,
+                shape,
+                offset: self.values.len(),
+                len: v.len(),
+            });
+            self.values.extend_from_slice(v);
+        }
+    }
+}
+
+struct Restore<'a, B: AutodiffBackend> {
+    grads: GradientsParams,
+    slots: &'a [Slot],
+    next: usize,
+    values: &'a [f32],
+    device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(slot) = self.slots.get(self.next) else {
+            return;
+        };
+        if slot.id != param.id {
+            return;
+        }
+        self.next += 1;
+        let data = TensorData::new(
+            self.values[slot.offset..slot.offset + slot.len].to_vec(),
+            slot.shape.clone(),
+        );
+        let t = Tensor::<B::InnerBackend, D>::from_data(data, self.device);
+        self.grads.register(slot.id, t);
+    }
+}
+
+impl FlatGrads {
+    /// Moves every parameter gradient of `module` out of `grads` into one buffer.
+    pub fn collect<B: AutodiffBackend, M: burn::module::AutodiffModule<B>>(
+        module: &M,
+        grads: &mut GradientsParams,
+    ) -> Self {
+        let mut c = Collect {
+            grads,
+            seen: HashSet::new(),
+            slots: Vec::new(),
+            values: Vec::new(),
+        };
+        module.visit(&mut c);
+        Self {
+            slots: c.slots,
+            values: c.values,
+        }
+    }
+
+    /// Floats that belong to parameters (the rest was appended by the caller).
+    pub fn param_len(&self) -> usize {
+        self.slots.last().map_or(0, |s| s.offset + s.len)
+    }
+
+    /// Sums the buffer across ranks in buckets of [`BUCKET_ELEMS`].
+    pub fn all_reduce_sum(&mut self, comm: &dyn Communicator) -> Result<()> {
+        if comm.world_size() > 1 {
+            for chunk in self.values.chunks_mut(BUCKET_ELEMS) {
+                comm.all_reduce(chunk, ReduceOp::Sum)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The L2 norm of the parameter gradients, in f64.
+    pub fn norm(&self) -> f64 {
+        self.values[..self.param_len()]
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Whether every value (appended ones included) is finite.
+    pub fn all_finite(&self) -> bool {
+        self.values.iter().all(|v| v.is_finite())
+    }
+
+    /// Multiplies the parameter gradients by `factor` (skipped when it is 1).
+    pub fn scale(&mut self, factor: f64) {
+        if factor != 1.0 {
+            let n = self.param_len();
+            let f = factor as f32;
+            self.values[..n].iter_mut().for_each(|v| *v *= f);
+        }
+    }
+
+    /// The gradients as burn expects them, keyed by parameter id.
+    pub fn into_grads<B: AutodiffBackend, M: burn::module::AutodiffModule<B>>(
+        self,
+        module: &M,
+        device: &B::Device,
+    ) -> GradientsParams {
+        let mut r = Restore::<B> {
+            grads: GradientsParams::new(),
+            slots: &self.slots,
+            next: 0,
+            values: &self.values,
+            device,
+        };
+        module.visit(&mut r);
+        r.grads
+    }
+}
+
+/// The factor that unscales by `loss_scale` and clips the unscaled global norm to `max_norm`
+/// (PyTorch's `clip_grad_norm_`: `max_norm / (norm + 1e-6)` when below 1; `max_norm = 0` turns
+/// clipping off). `scaled_norm` is the norm of the still-scaled gradients.
+pub fn unscale_clip_factor(scaled_norm: f64, loss_scale: f64, max_norm: f64) -> f64 {
+    let norm = scaled_norm / loss_scale;
+    let clip = if max_norm > 0.0 {
+        (max_norm / (norm + plsc_models::clip::CLIP_EPS)).min(1.0)
+    } else {
+        1.0
+    };
+    clip / loss_scale
+}

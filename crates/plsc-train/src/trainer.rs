@@ -1,0 +1,599 @@
+//! The training loop: ranks as threads, each with its backbone replica, its data and its head
+//! shard. One step on rank `r`:
+//!
+//! 1. next local batch (`data` time);
+//! 2. backbone forward under autodiff, embeddings to the host (`backbone` time);
+//! 3. `head.step`: distributed margin softmax, the head's own sparse SGD update (or, under
+//!    mixed precision, its gradient, applied only once the step is known to be finite), and
+//!    `dL/dx` for the local rows (`head` time, its collectives included);
+//! 4. `dL/dx` (times the loss scale) injected into the backbone graph, backward (`backbone`);
+//! 5. gradients flattened and summed across ranks (`comm` time);
+//! 6. unscale, skip the step if anything is non-finite (mixed precision), clip the global norm,
+//!    SGD-momentum step (`backbone`).
+//!
+//! BatchNorm running statistics stay per rank; rank 0's are the ones evaluated and saved (the
+//! other ranks' are never read, which is what broadcasting rank 0's before evaluation and
+//! saving amounts to).
+//!
+//! Mixed precision on this backend keeps the backbone in f32 (burn-flex's f16 autodiff is not
+//! relied on); the head's products use f16 operands with f32 accumulation, and the loss
+//! scaling, skipping and counters run exactly as on a GPU.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use burn::optim::Optimizer;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use plsc_comm::{Communicator, run_ranks};
+use plsc_core::sgd::sgd_update;
+use plsc_core::{HeadConfig, ShardedHead, SparseSgdConfig, WeightUpdate};
+use plsc_eval::{EmbedderError, EvalOptions, Normalize, PairSet, Verification, VerifyConfig};
+use plsc_models::grad::backward_with_grad;
+use plsc_models::optim::SgdMomentumConfig;
+use serde::Serialize;
+
+use crate::entry::Entry;
+use crate::error::{Result, TrainError};
+use crate::model::TrainModel;
+use crate::run_dir::JsonLines;
+use crate::scaler::LossScaler;
+use crate::sync::{FlatGrads, unscale_clip_factor};
+
+/// One rank's batch: `images` NCHW (`b * C * S * S` floats) and `b` labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalBatch {
+    /// Normalised images, NCHW.
+    pub images: Vec<f32>,
+    /// Labels.
+    pub labels: Vec<i64>,
+}
+
+/// A rank's batches, in order.
+pub type BatchIter = Box<dyn Iterator<Item = Result<LocalBatch>> + Send>;
+
+/// How long the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Steps per epoch (global batches per pass over the data).
+    pub steps_per_epoch: u64,
+    /// Steps of the run.
+    pub total_steps: u64,
+}
+
+impl Plan {
+    /// `entry.train_steps`, or `train_epochs * steps_per_epoch`.
+    pub fn new(entry: &Entry, steps_per_epoch: u64) -> Self {
+        let steps_per_epoch = steps_per_epoch.max(1);
+        Self {
+            steps_per_epoch,
+            total_steps: entry
+                .train_steps
+                .unwrap_or(entry.train_epochs * steps_per_epoch),
+        }
+    }
+}
+
+/// Where the loop reports, besides its return value.
+#[derive(Default)]
+pub struct Outputs {
+    /// `metrics.jsonl` (rank 0 writes it).
+    pub metrics: Option<JsonLines>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Verification sets (name, decoded pairs) for rank 0.
+    pub val_sets: Vec<(String, PairSet)>,
+}
+
+/// One log record (every `log_period` steps and at the last step).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogRecord {
+    /// `"train"`.
+    pub kind: &'static str,
+    /// Epoch (0-based) of the step.
+    pub epoch: u64,
+    /// Steps done.
+    pub step: u64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Mean loss over the steps since the last record.
+    pub loss: f64,
+    /// Global images per second since the last record.
+    pub images_per_sec: f64,
+    /// Training top-1 accuracy of the last step (with `calc_acc`).
+    pub acc1: Option<f64>,
+    /// Training top-5 accuracy of the last step (with `calc_acc`).
+    pub acc5: Option<f64>,
+    /// Current loss scale (1 without mixed precision).
+    pub loss_scale: f64,
+    /// Steps skipped for non-finite gradients so far.
+    pub skipped_steps: u64,
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+}
+
+/// One verification result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalRecord {
+    /// `"eval"`.
+    pub kind: &'static str,
+    /// Steps done.
+    pub step: u64,
+    /// Pair set name.
+    pub target: String,
+    /// Mean 10-fold accuracy.
+    pub accuracy: f64,
+    /// Its standard deviation.
+    pub accuracy_std: f64,
+    /// TAR at the FAR target.
+    pub tar: f64,
+    /// The FAR target.
+    pub far: f64,
+    /// XNorm.
+    pub xnorm: f64,
+}
+
+impl EvalRecord {
+    fn new(step: u64, target: &str, v: &Verification) -> Self {
+        Self {
+            kind: "eval",
+            step,
+            target: target.to_string(),
+            accuracy: v.metrics.accuracy_mean,
+            accuracy_std: v.metrics.accuracy_std,
+            tar: v.metrics.tar_mean,
+            far: v.metrics.far_target,
+            xnorm: v.xnorm,
+        }
+    }
+}
+
+/// Seconds rank 0 spent in each part of the steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Waiting for batches.
+    pub data_s: f64,
+    /// Forward, backward, host copies, unscale/clip and the optimiser step.
+    pub backbone_s: f64,
+    /// The head's step, its collectives included.
+    pub head_s: f64,
+    /// The backbone's gradient all-reduce, flattening included.
+    pub comm_s: f64,
+    /// Verification.
+    pub eval_s: f64,
+    /// Everything.
+    pub total_s: f64,
+}
+
+/// What a rank ends with.
+pub struct RankResult<M> {
+    /// The trained model.
+    pub model: M,
+    /// The head's weight shard `[C_r, D]`.
+    pub head_weight: Vec<f32>,
+    /// Its momentum.
+    pub head_velocity: Vec<f32>,
+}
+
+/// What a run gives back.
+pub struct TrainOutcome<M> {
+    /// The loss of every step (the global-batch mean, as every rank sees it).
+    pub losses: Vec<f64>,
+    /// The log records.
+    pub logs: Vec<LogRecord>,
+    /// The verification results.
+    pub evals: Vec<EvalRecord>,
+    /// Steps skipped for non-finite gradients.
+    pub skipped_steps: u64,
+    /// Final loss scale.
+    pub loss_scale: f64,
+    /// Rank 0's time split.
+    pub timings: Timings,
+    /// Every rank's model and head shard, rank 0 first.
+    pub ranks: Vec<RankResult<M>>,
+}
+
+struct RankOutput<M> {
+    result: RankResult<M>,
+    losses: Vec<f64>,
+    logs: Vec<LogRecord>,
+    evals: Vec<EvalRecord>,
+    skipped: u64,
+    loss_scale: f64,
+    timings: Timings,
+}
+
+/// Runs `entry` on `entry.ranks` rank threads: every rank starts from a replica of `base`;
+/// `data(rank)` gives rank `rank`'s batches of `entry.train_batch_size` images each.
+pub fn train<B, M, F>(
+    entry: &Entry,
+    base: &M,
+    device: &B::Device,
+    plan: Plan,
+    data: F,
+    outputs: Outputs,
+) -> Result<TrainOutcome<M>>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B>,
+    F: Fn(usize) -> Result<BatchIter> + Sync,
+{
+    entry.validate()?;
+    let n = entry.ranks;
+    // burn initialises parameters lazily; replicas of an unmaterialised model would each draw
+    // their own values.
+    base.visit(&mut Materialize);
+    let replicas: Mutex<Vec<Option<M>>> =
+        Mutex::new((0..n).map(|_| Some(base.replica())).collect());
+    let rank0_outputs = Mutex::new(Some(outputs));
+    let results = run_ranks(n, |comm| -> Result<RankOutput<M>> {
+        let rank = comm.rank();
+        let model = replicas
+            .lock()
+            .ok()
+            .and_then(|mut v| v[rank].take())
+            .ok_or(TrainError::Config {
+                name: "ranks",
+                detail: format!("rank {rank} found no model replica"),
+            })?;
+        let out = if rank == 0 {
+            rank0_outputs.lock().ok().and_then(|mut o| o.take())
+        } else {
+            None
+        };
+        let batches = data(rank)?;
+        run_rank::<B, M>(entry, &comm, model, device, plan, batches, out)
+    });
+    let mut outs = Vec::with_capacity(n);
+    for r in results {
+        outs.push(r?);
+    }
+    let first = outs.remove(0);
+    let mut ranks = vec![first.result];
+    ranks.extend(outs.into_iter().map(|o| o.result));
+    Ok(TrainOutcome {
+        losses: first.losses,
+        logs: first.logs,
+        evals: first.evals,
+        skipped_steps: first.skipped,
+        loss_scale: first.loss_scale,
+        timings: first.timings,
+        ranks,
+    })
+}
+
+struct Materialize;
+
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
+fn to_f32_vec<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Applies the head's update from its gradient (the mixed-precision path), with the sparse
+/// semantics of the head's own step: with class sampling, rows without gradient keep their
+/// weight and momentum.
+fn apply_head_gradient(
+    head: &mut ShardedHead<f32>,
+    grad: &[f32],
+    lr: f64,
+    entry: &Entry,
+) -> Result<()> {
+    let d = entry.embedding_size;
+    let mut w = head.weight().to_vec();
+    let mut v = head.velocity().to_vec();
+    let (lr, m, wd) = (lr as f32, entry.momentum as f32, entry.weight_decay as f32);
+    let sparse = entry.sample_ratio < 1.0;
+    for ((wr, vr), gr) in w.chunks_mut(d).zip(v.chunks_mut(d)).zip(grad.chunks(d)) {
+        if sparse && gr.iter().all(|&g| g == 0.0) {
+            continue;
+        }
+        sgd_update(wr, vr, gr, lr, m, wd);
+    }
+    let rank = head.shard().rank;
+    head.set_weight(w, None)
+        .and_then(|()| head.set_velocity(v, None))
+        .map_err(|source| TrainError::Head { rank, source })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_rank<B, M>(
+    entry: &Entry,
+    comm: &dyn Communicator,
+    mut model: M,
+    device: &B::Device,
+    plan: Plan,
+    mut batches: BatchIter,
+    mut out: Option<Outputs>,
+) -> Result<RankOutput<M>>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B>,
+{
+    let rank = comm.rank();
+    let head_err = |source| TrainError::Head { rank, source };
+    let loss = entry.loss_config()?;
+    let head_cfg = HeadConfig::new(entry.num_classes, entry.embedding_size)
+        .with_loss(loss)
+        .with_sample_ratio(entry.sample_ratio)
+        .with_seed(entry.seed)
+        .with_precision(entry.head_precision())
+        .with_calc_acc(entry.calc_acc)
+        .with_optimizer(
+            SparseSgdConfig::new()
+                .with_momentum(entry.momentum)
+                .with_weight_decay(entry.weight_decay),
+        );
+    let mut head = ShardedHead::<f32>::new(head_cfg, rank, comm.world_size()).map_err(head_err)?;
+    let mut optim = SgdMomentumConfig::new()
+        .with_momentum(entry.momentum)
+        .with_weight_decay(entry.weight_decay)
+        .init::<B, M>();
+    let schedule = entry.schedule(plan.steps_per_epoch, plan.total_steps);
+    let mut scaler = LossScaler::new(entry.loss_scale.clone());
+    let mixed = entry.mixed_precision;
+    let b = entry.train_batch_size;
+    let (c, s) = (entry.in_channels, entry.input_size);
+    let pixels = b * c * s * s;
+    let mut head_grad = if mixed {
+        vec![0.0f32; head.weight().len()]
+    } else {
+        Vec::new()
+    };
+
+    let is_logger = rank == 0;
+    let progress = out.as_ref().is_some_and(|o| o.progress);
+    let bar = if progress {
+        let bar = ProgressBar::new(plan.total_steps);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {pos}/{len} steps, eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let mut losses = Vec::with_capacity(plan.total_steps as usize);
+    let mut logs = Vec::new();
+    let mut evals = Vec::new();
+    let mut t = Timings::default();
+    let start = Instant::now();
+    let mut window_start = Instant::now();
+    let mut window_loss = 0.0;
+    let mut window_steps = 0u64;
+
+    for step in 0..plan.total_steps {
+        // 1. data
+        let t0 = Instant::now();
+        let batch = match batches.next() {
+            Some(b) => b?,
+            None => {
+                return Err(TrainError::DataEnded {
+                    rank,
+                    step,
+                    total: plan.total_steps,
+                });
+            }
+        };
+        if batch.labels.len() != b || batch.images.len() != pixels {
+            return Err(TrainError::Batch {
+                rank,
+                step,
+                detail: format!(
+                    "{} labels and {} floats, expected {b} and {pixels} ([{b}, {c}, {s}, {s}])",
+                    batch.labels.len(),
+                    batch.images.len()
+                ),
+            });
+        }
+        let t1 = Instant::now();
+
+        // 2. forward
+        let x = Tensor::<B, 4>::from_data(TensorData::new(batch.images, [b, c, s, s]), device);
+        let emb = model.embed(x);
+        let emb_host = to_f32_vec(emb.clone());
+        let t2 = Instant::now();
+
+        // 3. head
+        let lr = schedule.lr_at(step);
+        let update = if mixed {
+            WeightUpdate::Gradient {
+                weight: &mut head_grad,
+                bias: None,
+            }
+        } else {
+            WeightUpdate::Sgd { lr }
+        };
+        let ho = head
+            .step(comm, &emb_host, &batch.labels, step, update)
+            .map_err(head_err)?;
+        let t3 = Instant::now();
+
+        // 4. backward with the (scaled) feature gradient
+        let loss_scale = if mixed { scaler.scale() } else { 1.0 };
+        let mut g = ho.grad_features;
+        if loss_scale != 1.0 {
+            let f = loss_scale as f32;
+            g.iter_mut().for_each(|v| *v *= f);
+        }
+        let d = entry.embedding_size;
+        let g = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(g, [b, d]), device);
+        let raw =
+            backward_with_grad::<B>(emb, g).map_err(|source| TrainError::Model { rank, source })?;
+        let mut grads = burn::optim::GradientsParams::from_grads(raw, &model);
+        let mut flat = FlatGrads::collect::<B, M>(&model, &mut grads);
+        if mixed {
+            // The head's gradient is finite or not on each shard: one flag per rank, summed.
+            let ok = head_grad.iter().all(|v| v.is_finite()) && ho.loss.is_finite();
+            flat.values.push(if ok { 0.0 } else { f32::INFINITY });
+        }
+        let t4 = Instant::now();
+
+        // 5. sum across ranks
+        flat.all_reduce_sum(comm)?;
+        let t5 = Instant::now();
+
+        // 6. unscale, check, clip, step
+        let finite = !mixed || flat.all_finite();
+        if scaler.update(finite) {
+            let factor = unscale_clip_factor(flat.norm(), loss_scale, entry.grad_clip_norm);
+            flat.scale(factor);
+            let grads = flat.into_grads::<B, M>(&model, device);
+            model = optim.step(lr, model, grads);
+            if mixed {
+                apply_head_gradient(&mut head, &head_grad, lr, entry)?;
+            }
+        } else if is_logger {
+            bar.suspend(|| {
+                tracing::warn!(
+                    step,
+                    loss_scale,
+                    skipped = scaler.skipped_total(),
+                    "non-finite gradients: step skipped, loss scale now {}",
+                    scaler.scale()
+                )
+            });
+        }
+        let t6 = Instant::now();
+        t.data_s += (t1 - t0).as_secs_f64();
+        t.backbone_s += (t2 - t1).as_secs_f64() + (t4 - t3).as_secs_f64() + (t6 - t5).as_secs_f64();
+        t.head_s += (t3 - t2).as_secs_f64();
+        t.comm_s += (t5 - t4).as_secs_f64();
+
+        losses.push(ho.loss);
+        window_loss += ho.loss;
+        window_steps += 1;
+        let done = step + 1;
+        bar.inc(1);
+
+        // logging
+        if is_logger && (done % entry.log_period == 0 || done == plan.total_steps) {
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            let rec = LogRecord {
+                kind: "train",
+                epoch: step / plan.steps_per_epoch,
+                step: done,
+                lr,
+                loss: window_loss / window_steps as f64,
+                images_per_sec: (window_steps as usize * entry.global_batch()) as f64 / secs,
+                acc1: ho.accuracy.map(|a| a.top1),
+                acc5: ho.accuracy.map(|a| a.top5),
+                loss_scale: if mixed { scaler.scale() } else { 1.0 },
+                skipped_steps: scaler.skipped_total(),
+                elapsed_s: start.elapsed().as_secs_f64(),
+            };
+            bar.set_message(format!("loss {:.4}", rec.loss));
+            bar.suspend(|| {
+                tracing::info!(
+                    epoch = rec.epoch,
+                    step = rec.step,
+                    lr = format!("{:.5}", rec.lr),
+                    loss = format!("{:.4}", rec.loss),
+                    images_per_sec = format!("{:.1}", rec.images_per_sec),
+                    acc1 = rec.acc1.map(|a| format!("{a:.4}")).unwrap_or_default(),
+                    acc5 = rec.acc5.map(|a| format!("{a:.4}")).unwrap_or_default(),
+                    loss_scale = rec.loss_scale,
+                    skipped = rec.skipped_steps,
+                    "train"
+                )
+            });
+            if let Some(m) = out.as_mut().and_then(|o| o.metrics.as_mut()) {
+                m.write(&rec)?;
+            }
+            logs.push(rec);
+            window_start = Instant::now();
+            window_loss = 0.0;
+            window_steps = 0;
+        }
+
+        // verification
+        let periodic = entry.test_period > 0 && done % entry.test_period == 0;
+        if entry.with_test && is_logger && (periodic || done == plan.total_steps) {
+            let te = Instant::now();
+            if let Some(o) = out.as_mut() {
+                for (name, set) in &o.val_sets {
+                    let v = verify::<B, M>(&model, set, entry, device).map_err(|source| {
+                        TrainError::Eval {
+                            target: name.clone(),
+                            source,
+                        }
+                    })?;
+                    let rec = EvalRecord::new(done, name, &v);
+                    bar.suspend(|| {
+                        tracing::info!(
+                            step = done,
+                            target = %name,
+                            accuracy = format!("{:.4}", rec.accuracy),
+                            std = format!("{:.4}", rec.accuracy_std),
+                            tar = format!("{:.4}", rec.tar),
+                            far = rec.far,
+                            xnorm = format!("{:.3}", rec.xnorm),
+                            "verification"
+                        )
+                    });
+                    if let Some(m) = o.metrics.as_mut() {
+                        m.write(&rec)?;
+                    }
+                    evals.push(rec);
+                }
+            }
+            window_start += te.elapsed();
+            t.eval_s += te.elapsed().as_secs_f64();
+        }
+    }
+    bar.finish_and_clear();
+    t.total_s = start.elapsed().as_secs_f64();
+    Ok(RankOutput {
+        result: RankResult {
+            model,
+            head_weight: head.weight().to_vec(),
+            head_velocity: head.velocity().to_vec(),
+        },
+        losses,
+        logs,
+        evals,
+        skipped: scaler.skipped_total(),
+        loss_scale: if mixed { scaler.scale() } else { 1.0 },
+        timings: t,
+    })
+}
+
+/// Verifies `model` (evaluation mode: running BatchNorm statistics) on `set` with the flip
+/// test.
+pub fn verify<B: AutodiffBackend, M: TrainModel<B>>(
+    model: &M,
+    set: &PairSet,
+    entry: &Entry,
+    device: &B::Device,
+) -> plsc_eval::Result<Verification> {
+    let inner = model.valid();
+    let mut embed = |images: &[f32], shape: [usize; 4]| -> Result<Vec<f32>, EmbedderError> {
+        let x = Tensor::<B::InnerBackend, 4>::from_data(
+            TensorData::new(images.to_vec(), shape),
+            device,
+        );
+        Ok(to_f32_vec(M::embed_valid(&inner, x)))
+    };
+    let options = EvalOptions {
+        batch_size: entry.test_batch_size,
+        normalize: Normalize::default(),
+        verify: VerifyConfig::default(),
+    };
+    plsc_eval::verify_pair_set(set, &mut embed, &options)
+}
+
+/// Seconds as a [`Duration`] (for printing).
+pub fn secs(d: f64) -> Duration {
+    Duration::from_secs_f64(d.max(0.0))
+}

@@ -1,0 +1,119 @@
+//! A tiny linear backbone (no batch statistics) and synthetic batches for the loop's tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use plsc_models::ModelError;
+use plsc_train::{BatchIter, LocalBatch, TrainModel};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub type B = Autodiff<Flex>;
+
+/// `embedding = W * flatten(image) + b`.
+#[derive(Module, Debug)]
+pub struct LinearNet<B: Backend> {
+    pub fc: Linear<B>,
+}
+
+impl<B: Backend> LinearNet<B> {
+    pub fn new(inputs: usize, dim: usize, seed: u64, device: &B::Device) -> Self {
+        B::seed(device, seed);
+        Self {
+            fc: LinearConfig::new(inputs, dim).init(device),
+        }
+    }
+
+    fn run(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [n, c, h, w] = x.dims();
+        self.fc.forward(x.reshape([n, c * h * w]))
+    }
+
+    /// Weight then bias values.
+    pub fn values(&self) -> Vec<f32> {
+        let mut v = self.fc.weight.val().into_data().to_vec::<f32>().unwrap();
+        if let Some(b) = &self.fc.bias {
+            v.extend(b.val().into_data().to_vec::<f32>().unwrap());
+        }
+        v
+    }
+}
+
+impl<B: AutodiffBackend> TrainModel<B> for LinearNet<B> {
+    fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.run(images)
+    }
+    fn embed_valid(
+        inner: &LinearNet<B::InnerBackend>,
+        images: Tensor<B::InnerBackend, 4>,
+    ) -> Tensor<B::InnerBackend, 2> {
+        inner.run(images)
+    }
+    fn replica(&self) -> Self {
+        self.clone()
+    }
+    fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let text = serde_json::to_string(&self.values()).unwrap();
+        std::fs::write(path, text).map_err(|e| ModelError::InvalidConfig(e.to_string()))
+    }
+}
+
+/// A global batch: `rows` images of `pixels` floats and their labels.
+#[derive(Clone)]
+pub struct GlobalBatch {
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+}
+
+/// Images that are a class prototype plus noise (learnable), `steps` global batches.
+pub fn synthetic(
+    steps: usize,
+    rows: usize,
+    pixels: usize,
+    classes: usize,
+    noise: f32,
+    seed: u64,
+) -> Vec<GlobalBatch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let protos: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..pixels).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    (0..steps)
+        .map(|_| {
+            let labels: Vec<i64> = (0..rows)
+                .map(|_| rng.random_range(0..classes as i64))
+                .collect();
+            let images = labels
+                .iter()
+                .flat_map(|&l| {
+                    protos[l as usize]
+                        .iter()
+                        .map(|&p| p + noise * rng.random_range(-1.0f32..1.0))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            GlobalBatch { images, labels }
+        })
+        .collect()
+}
+
+/// Rank `rank`'s slice of each global batch (rows `[rank*b, (rank+1)*b)`).
+pub fn rank_slices(batches: &[GlobalBatch], rank: usize, ranks: usize) -> BatchIter {
+    let rows = batches[0].labels.len();
+    let b = rows / ranks;
+    let pixels = batches[0].images.len() / rows;
+    let mine: Vec<LocalBatch> = batches
+        .iter()
+        .map(|g| LocalBatch {
+            images: g.images[rank * b * pixels..(rank + 1) * b * pixels].to_vec(),
+            labels: g.labels[rank * b..(rank + 1) * b].to_vec(),
+        })
+        .collect();
+    Box::new(mine.into_iter().map(Ok))
+}
