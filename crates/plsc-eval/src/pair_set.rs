@@ -178,21 +178,23 @@ impl PairSet {
             channels: c,
         } = self.spec;
         let per = self.spec.pixels();
+        let lut: Vec<f32> = (0..=255u8)
+            .map(|v| (f32::from(v) - norm.mean) * norm.scale)
+            .collect();
         let mut out = vec![0.0f32; range.len() * per];
-        for (dst, img) in out
-            .chunks_exact_mut(per)
-            .zip(self.pixels[range.start * per..range.end * per].chunks_exact(per))
-        {
-            for y in 0..h {
-                for x in 0..w {
-                    let sx = if flip { w - 1 - x } else { x };
+        out.par_chunks_exact_mut(per)
+            .zip(self.pixels[range.start * per..range.end * per].par_chunks_exact(per))
+            .for_each(|(dst, img)| {
+                for (y, src_row) in img.chunks_exact(w * c).enumerate() {
                     for ch in 0..c {
-                        let v = f32::from(img[(y * w + sx) * c + ch]);
-                        dst[(ch * h + y) * w + x] = (v - norm.mean) * norm.scale;
+                        let dst_row = &mut dst[(ch * h + y) * w..(ch * h + y + 1) * w];
+                        for (x, d) in dst_row.iter_mut().enumerate() {
+                            let sx = if flip { w - 1 - x } else { x };
+                            *d = lut[usize::from(src_row[sx * c + ch])];
+                        }
                     }
                 }
-            }
-        }
+            });
         out
     }
 }

@@ -5,6 +5,7 @@ use clap::Subcommand;
 
 mod comm;
 mod data;
+mod eval;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -12,11 +13,14 @@ pub enum BenchCommand {
     Comm(comm::CommArgs),
     /// Data: shuffle-split MB/s and peak RssAnon on a generated input; JPEG decode+augment images/s.
     Data(data::DataArgs),
+    /// Verification: .bin pickle MB/s, JPEG decode and flipped-batch images/s, metrics time.
+    Eval(eval::EvalBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Comm(args) => comm::run(args),
         BenchCommand::Data(args) => data::run(args),
+        BenchCommand::Eval(args) => eval::run(args),
     }
 }
