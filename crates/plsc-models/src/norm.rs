@@ -116,15 +116,17 @@ impl<B: Backend> BatchNorm<B> {
             .filter(|(d, _)| *d != 1)
             .map(|(_, n)| n)
             .product();
-        // Per-channel mean over every dim but 1, as a [C] vector.
+        // Per-channel mean over every dim but 1, as a [C] vector; summed as [N*C, rest] rows
+        // (the backward of a sum over dims 0, 2, 3 broadcasts on burn-flex's slow path).
+        let n = dims[0];
+        let rest = count / n;
         let reduce = |t: Tensor<B, D>| -> Tensor<B, 1> {
-            let mut t = t;
-            for d in 0..D {
-                if d != 1 {
-                    t = t.sum_dim(d);
-                }
-            }
-            t.reshape([channels]).div_scalar(count as f64)
+            let rows: Tensor<B, 2> = t.reshape([n * channels, rest]);
+            rows.sum_dim(1)
+                .reshape([n, channels])
+                .sum_dim(0)
+                .reshape([channels])
+                .div_scalar(count as f64)
         };
         let mean = reduce(x.clone());
         let centered = per_channel(x, None, Some(mean.clone().neg()));
