@@ -290,9 +290,11 @@ fn print_split(s: &ShuffleSplitSummary) {
         println!("  {e}");
     }
     println!(
-        "time:         {:.2} s ({:.1} MB/s)",
+        "time:         {:.2} s ({:.1} MB/s; index {:.2} s, write {:.2} s)",
         s.seconds,
-        s.input_bytes as f64 / 1e6 / s.seconds.max(1e-9)
+        s.input_bytes as f64 / 1e6 / s.seconds.max(1e-9),
+        s.index_seconds,
+        s.write_seconds
     );
 }
 

@@ -3,7 +3,7 @@
 //!
 //! In the flow: **`data`** -> `models` (backbone) -> `core` (head). A leaf crate.
 //!
-//! - [`format`]: the layout (`file_list.txt` + parts of `<base64>\t<label>` lines), line
+//! - [`format`](mod@format): the layout (`file_list.txt` + parts of `<base64>\t<label>` lines), line
 //!   parsing and the `--skip-bad` policy.
 //! - [`shuffle`]: global shuffle-and-split over memory-mapped inputs.
 //! - [`recordio`]: MXNet RecordIO `.rec`/`.idx` (InsightFace's MS1M, Glint360K, WebFace).

@@ -83,6 +83,10 @@ pub struct ShuffleSplitSummary {
     pub dropped: u64,
     /// Bad lines skipped under `skip_bad` (they are not written).
     pub bad: BadReport,
+    /// Seconds spent indexing (and checking) the input.
+    pub index_seconds: f64,
+    /// Seconds spent shuffling and writing the parts (including `fsync`).
+    pub write_seconds: f64,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -101,8 +105,10 @@ pub fn shuffle_split(
     let staged = StagedOutput::begin(output, &protect)?;
     tracing::info!("indexing {} input file(s)", parts.len());
     let (mut index, bad) = LineIndex::build_checked(&parts, opts.check.as_ref())?;
+    let index_seconds = t0.elapsed().as_secs_f64();
     let mut summary = shuffle_split_index(&mut index, &staged, opts)?;
     summary.bad = bad;
+    summary.index_seconds = index_seconds;
     let names: Vec<String> = (0..opts.parts).map(part_name).collect();
     summary.file_list = staged.commit(&names)?;
     summary.seconds = t0.elapsed().as_secs_f64();
@@ -137,6 +143,7 @@ pub fn shuffle_split_index(
     let written = per * parts;
     let (padded, dropped) = (written.saturating_sub(n), n.saturating_sub(written));
 
+    let t0 = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     index.starts_mut().shuffle(&mut rng);
     index.advise_random();
@@ -172,6 +179,8 @@ pub fn shuffle_split_index(
         padded,
         dropped,
         bad: BadReport::default(),
+        index_seconds: 0.0,
+        write_seconds: t0.elapsed().as_secs_f64(),
         seconds: 0.0,
     })
 }

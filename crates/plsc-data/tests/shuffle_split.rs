@@ -257,3 +257,27 @@ fn checked_split_names_bad_lines_or_skips_them() {
     let (_, parts) = read_output(&dir.path().join("b"));
     assert!(parts.concat().iter().all(|l| !l.starts_with("not-base64")));
 }
+
+#[test]
+fn failed_run_leaves_the_old_output_intact() {
+    use plsc_data::index::LineCheck;
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, _) = make_input(dir.path(), 20);
+    let out = dir.path().join("out");
+    shuffle_split(&inputs, &out, &opts(3, 1, Remainder::Pad)).unwrap();
+    let (before, _) = read_output(&out);
+    // A run that fails while indexing (the text lines are not images) changes nothing.
+    let mut o = opts(2, 5, Remainder::Pad);
+    o.check = Some(LineCheck::default());
+    assert!(shuffle_split(&inputs, &out, &o).is_err());
+    let (after, _) = read_output(&out);
+    assert_eq!(before, after);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4);
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("staging"))
+    );
+}
