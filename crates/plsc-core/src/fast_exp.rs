@@ -12,13 +12,16 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 const MIN_INPUT: f32 = -87.336_55;
+/// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude below 2^22 to an integer.
+const ROUND_MAGIC: f32 = 12_582_912.0;
 
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes' coefficients, as published
 fn exp_one(x: f32) -> f32 {
     // A comparison, not `max`, so that NaN flows through (f32::max would drop it).
     let xc = if x < MIN_INPUT { MIN_INPUT } else { x };
-    let n = (xc * LOG2E).round();
+    // Round to nearest through the float adder (vectorises; `f32::round` is a libm call).
+    let n = (xc * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -27,7 +30,9 @@ fn exp_one(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let y = (p * r) * r + r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // 2^n without a float-to-int conversion: adding 1.5 * 2^23 + 127 leaves n + 127 in the low
+    // mantissa bits, which the shift moves into the exponent field.
+    let bits = (n + (ROUND_MAGIC + 127.0)).to_bits() << 23;
     let v = y * f32::from_bits(bits);
     if x < MIN_INPUT { 0.0 } else { v }
 }

@@ -78,15 +78,34 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// GFLOP/s of `[b, d] x [d, c]` with the `gemm` crate on all rayon threads, into a reused
-/// buffer (median of `iters`).
-fn plain_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
-    let x: Vec<f32> = (0..b * d).map(|i| (i as f32 * 0.001).sin()).collect();
-    let w: Vec<f32> = (0..c * d).map(|i| (i as f32 * 0.0007).cos()).collect();
-    let mut out = vec![0.0f32; b * c];
-    let threads = rayon::current_num_threads();
-    let mut times = Vec::new();
-    for it in 0..=iters {
+/// A plain `[b, d] x [d, c]` product with the `gemm` crate on all rayon threads, into a
+/// reused buffer: the yardstick the head's rate is compared with.
+struct PlainMatmul {
+    b: usize,
+    d: usize,
+    c: usize,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl PlainMatmul {
+    fn new(b: usize, d: usize, c: usize) -> Self {
+        let x = (0..b * d).map(|i| (i as f32 * 0.001).sin()).collect();
+        let w = (0..c * d).map(|i| (i as f32 * 0.0007).cos()).collect();
+        Self {
+            b,
+            d,
+            c,
+            x,
+            w,
+            out: vec![0.0; b * c],
+        }
+    }
+
+    /// Seconds of one product.
+    fn time(&mut self) -> f64 {
+        let (b, d, c) = (self.b, self.d, self.c);
         let t = Instant::now();
         // SAFETY: x is [b, d], w is [c, d] read as its transpose [d, c], out is [b, c]; all
         // strides below stay inside those buffers.
@@ -95,14 +114,14 @@ fn plain_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
                 b,
                 c,
                 d,
-                out.as_mut_ptr(),
+                self.out.as_mut_ptr(),
                 1,
                 c as isize,
                 false,
-                x.as_ptr(),
+                self.x.as_ptr(),
                 1,
                 d as isize,
-                w.as_ptr(),
+                self.w.as_ptr(),
                 d as isize,
                 1,
                 0.0,
@@ -110,14 +129,15 @@ fn plain_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
                 false,
                 false,
                 false,
-                gemm::Parallelism::Rayon(threads),
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
             )
         };
-        if it > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
+        t.elapsed().as_secs_f64()
     }
-    2.0 * (b * d * c) as f64 / median(&times) / 1e9
+
+    fn gflops(&self, seconds: f64) -> f64 {
+        2.0 * (self.b * self.d * self.c) as f64 / seconds / 1e9
+    }
 }
 
 /// The same product through burn-flex's matmul (a new output every call, as burn does).
@@ -179,9 +199,10 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     let mut losses = Vec::new();
     let mut last = None;
     let rss_before = rss_bytes();
-    for step in 0..=args.iters {
+    let mut plain = None;
+    let mut plain_times = Vec::new();
+    for (step, (features, labels)) in batches.iter().enumerate() {
         let t = Instant::now();
-        let (features, labels) = &batches[step];
         let out = head.step(
             &comm,
             features,
@@ -190,8 +211,14 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
             WeightUpdate::Sgd { lr: 0.1 },
         )?;
         let dt = t.elapsed().as_secs_f64();
+        // The yardstick runs right after each step, so both see the same load on a shared
+        // machine; the first step and the first product warm up.
+        let mm = plain
+            .get_or_insert_with(|| PlainMatmul::new(args.batch, args.dim, out.sampled_classes));
+        let mm_seconds = mm.time();
         if step > 0 {
             times.push(dt);
+            plain_times.push(mm_seconds);
             fwd.push(out.timings.forward);
             bwd.push(out.timings.backward);
             other.push(out.timings.other);
@@ -203,7 +230,9 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     let rss_growth = rss_bytes().saturating_sub(rss_before);
     let out = last.expect("at least one step");
     let step_median = median(&times);
-    let plain = plain_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters);
+    let plain = plain
+        .expect("at least one step")
+        .gflops(median(&plain_times));
     let burn_rate =
         burn_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters.min(2));
     let achieved = out.gemm_flops / step_median / 1e9;
