@@ -8,6 +8,7 @@ mod bench;
 mod data;
 mod eval;
 mod machine;
+mod reshard;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,6 +36,10 @@ enum Command {
     /// TAR at FAR = 1e-3 with the threshold interpolated on the training folds as InsightFace's
     /// calculate_val; XNorm = mean L2 norm of the embeddings as given.
     Eval(eval::EvalArgs),
+    /// Reshard a checkpoint to another rank count (head rows bit for bit, streamed from mmaps).
+    Reshard(reshard::ReshardArgs),
+    /// Export a checkpoint's backbone for inference: backbone.safetensors + model.json.
+    Export(reshard::ExportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Eval(args) => eval::run(args),
+        Command::Reshard(args) => reshard::run_reshard(args),
+        Command::Export(args) => reshard::run_export(args),
     }
 }

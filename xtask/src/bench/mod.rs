@@ -3,12 +3,15 @@
 
 use clap::Subcommand;
 
+mod ckpt;
 mod comm;
 mod data;
 mod eval;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Checkpoints: save and load MB/s, peak RssAnon of resharding a 1M x 512 head 4 -> 3 ranks.
+    Ckpt(ckpt::CkptArgs),
     /// Collectives of the thread group (all-reduce, all-gather) against a plain memcpy.
     Comm(comm::CommArgs),
     /// Data: shuffle-split MB/s and peak RssAnon on a generated input; JPEG decode+augment images/s.
@@ -19,6 +22,7 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Ckpt(args) => ckpt::run(args),
         BenchCommand::Comm(args) => comm::run(args),
         BenchCommand::Data(args) => data::run(args),
         BenchCommand::Eval(args) => eval::run(args),

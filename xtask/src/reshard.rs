@@ -1,0 +1,95 @@
+//! `cargo xtask reshard` and `cargo xtask export`: offline checkpoint tools over plsc-ckpt.
+//!
+//! - `reshard --ckpt DIR --ranks M --out DIR2`: the checkpoint resharded for M ranks (head
+//!   weight and momentum rows re-split to plsc-core's balanced split, bit for bit, streamed
+//!   from memory-mapped files), written atomically as `DIR2/step-<n>/`.
+//! - `export --ckpt DIR --out MODEL_DIR`: the backbone's weights and buffers plus `model.json`,
+//!   what plsc-serve and `xtask eval` load.
+//!
+//! `--ckpt` is a checkpoint directory (`step-<n>/`, holding `manifest.json`) or a run's
+//! checkpoint root, of which the newest valid checkpoint is used.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use plsc_ckpt::{Checkpoint, SaveOptions};
+
+/// Arguments of `cargo xtask reshard`.
+#[derive(Args, Debug)]
+pub struct ReshardArgs {
+    /// Checkpoint directory (step-<n>/ with manifest.json), or a root holding several (the
+    /// newest valid one is used).
+    #[arg(long, value_name = "DIR")]
+    ckpt: PathBuf,
+    /// Rank count of the new checkpoint.
+    #[arg(long, value_name = "M")]
+    ranks: usize,
+    /// Root to write the new checkpoint into (as DIR2/step-<n>/; must not be the source's root).
+    #[arg(long, value_name = "DIR2")]
+    out: PathBuf,
+    /// Keep this many newest checkpoints under --out (0 keeps all).
+    #[arg(long, default_value_t = plsc_ckpt::DEFAULT_KEEP_LAST)]
+    keep_last: usize,
+}
+
+/// Runs `cargo xtask reshard`.
+pub fn run_reshard(args: ReshardArgs) -> Result<()> {
+    let src = Checkpoint::open_dir_or_latest(&args.ckpt)
+        .with_context(|| format!("opening the checkpoint {}", args.ckpt.display()))?;
+    let from = src.manifest().world_size;
+    let dir = plsc_ckpt::reshard(
+        &src,
+        args.ranks,
+        &args.out,
+        SaveOptions {
+            keep_last: args.keep_last,
+        },
+    )
+    .with_context(|| format!("resharding {} to {} ranks", src.dir().display(), args.ranks))?;
+    println!(
+        "resharded step {} ({} classes) from {from} to {} ranks: {}",
+        src.step(),
+        src.manifest().num_classes,
+        args.ranks,
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `cargo xtask export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Checkpoint directory (step-<n>/ with manifest.json), or a root holding several (the
+    /// newest valid one is used).
+    #[arg(long, value_name = "DIR")]
+    ckpt: PathBuf,
+    /// Output model directory: backbone.safetensors (weights and buffers) and model.json
+    /// (architecture, embedding size, input size and channels, normalisation).
+    #[arg(long, value_name = "MODEL_DIR")]
+    out: PathBuf,
+}
+
+/// Runs `cargo xtask export`.
+pub fn run_export(args: ExportArgs) -> Result<()> {
+    let src = Checkpoint::open_dir_or_latest(&args.ckpt)
+        .with_context(|| format!("opening the checkpoint {}", args.ckpt.display()))?;
+    let out = plsc_ckpt::export(&src, &args.out)
+        .with_context(|| format!("exporting {}", src.dir().display()))?;
+    let model = src
+        .manifest()
+        .model
+        .as_ref()
+        .context("checkpoint has no model spec")?;
+    println!(
+        "exported {} (embedding {}, input {}x{}x{}) from step {}: {}",
+        model.architecture,
+        model.embedding_size,
+        model.in_channels,
+        model.input_size,
+        model.input_size,
+        src.step(),
+        out.display()
+    );
+    Ok(())
+}
