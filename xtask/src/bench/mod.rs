@@ -3,6 +3,7 @@
 
 use clap::Subcommand;
 
+mod backbone;
 mod ckpt;
 mod comm;
 mod data;
@@ -10,6 +11,8 @@ mod eval;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// A backbone's forward and forward+backward images per second on burn-flex.
+    Backbone(backbone::BackboneArgs),
     /// Checkpoints: save and load MB/s, peak RssAnon of resharding a 1M x 512 head 4 -> 3 ranks.
     Ckpt(ckpt::CkptArgs),
     /// Collectives of the thread group (all-reduce, all-gather) against a plain memcpy.
@@ -22,6 +25,7 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Backbone(args) => backbone::run(args),
         BenchCommand::Ckpt(args) => ckpt::run(args),
         BenchCommand::Comm(args) => comm::run(args),
         BenchCommand::Data(args) => data::run(args),
