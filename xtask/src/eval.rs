@@ -5,27 +5,51 @@
 //! against InsightFace's code on identical embeddings. The tensor `embeddings` is `[2P, D]` f32
 //! with pairs on consecutive rows; `issame` is a JSON array of `P` booleans.
 //!
-//! From a model and `.bin` pair sets (`--model DIR --bin lfw.bin,...`): the library side exists
-//! (`plsc_eval::verify_bin_files` takes the `.bin` paths and any `plsc_eval::Embedder`); the flags
-//! are added here once an exported model directory can be loaded (plsc-ckpt's export format), in
-//! the section marked "model path" below.
+//! From a model and `.bin` pair sets: `--model DIR --bin lfw.bin,cfp_fp.bin`, where `DIR` is an
+//! exported model (`cargo xtask export`: `model.json` + weights). Each set is decoded to the model's input,
+//! every image and its mirror image are embedded on the CPU backend (evaluation mode: running
+//! BatchNorm statistics), and the figures are computed as above (the flip test).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
 use clap::Args;
-use plsc_eval::{Verification, VerifyConfig};
+use plsc_eval::{EmbedderError, EvalOptions, ImageSpec, Normalize, Verification, VerifyConfig};
+use plsc_models::{Backbone, BackboneConfig};
+use safetensors::{Dtype, tensor::TensorView};
 use serde::Serialize;
 
 /// Arguments of `cargo xtask eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// safetensors file holding the tensor `embeddings`, [2P, D] f32; pair i is rows 2i and 2i+1.
-    #[arg(long, value_name = "E.safetensors")]
-    embeddings: PathBuf,
+    #[arg(
+        long,
+        value_name = "E.safetensors",
+        required_unless_present = "model",
+        conflicts_with = "model",
+        requires = "issame"
+    )]
+    embeddings: Option<PathBuf>,
     /// JSON array of P booleans: whether pair i shows the same identity.
-    #[arg(long, value_name = "I.json")]
-    issame: PathBuf,
+    #[arg(long, value_name = "I.json", requires = "embeddings")]
+    issame: Option<PathBuf>,
+    /// An exported model directory (model.json + backbone.safetensors, from `cargo xtask export`).
+    #[arg(long, value_name = "DIR", requires = "bin")]
+    model: Option<PathBuf>,
+    /// InsightFace `.bin` pair sets to verify the model on, comma-separated.
+    #[arg(
+        long,
+        value_name = "A.bin,B.bin",
+        value_delimiter = ',',
+        requires = "model"
+    )]
+    bin: Vec<PathBuf>,
+    /// Images per forward pass (with --model).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
     /// Print one JSON document (all figures, per-fold values and the ROC) instead of text.
     #[arg(long)]
     json: bool,
@@ -46,33 +70,133 @@ struct JsonReport<'a> {
     report: &'a Verification,
 }
 
+/// One set's figures in `--json --model` output.
+#[derive(Serialize)]
+struct SetReport<'a> {
+    set: &'a str,
+    #[serde(flatten)]
+    report: &'a Verification,
+}
+
 /// Runs `cargo xtask eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     let config = VerifyConfig {
         folds: args.folds,
         far_target: args.far,
     };
-    let report = plsc_eval::verify_files(&args.embeddings, &args.issame, &config)
+    if let Some(dir) = &args.model {
+        return run_model(dir, &args, config);
+    }
+    let (Some(embeddings), Some(issame)) = (&args.embeddings, &args.issame) else {
+        anyhow::bail!("give --embeddings and --issame, or --model and --bin");
+    };
+    let report = plsc_eval::verify_files(embeddings, issame, &config)
         .context("verification from given embeddings failed")?;
-
-    // --- model path: `--model DIR --bin a.bin,b.bin` goes here, calling
-    // `plsc_eval::verify_bin_files` with an embedder built from the loaded model, once an
-    // exported model directory can be loaded.
-
     if args.json {
         let doc = JsonReport {
-            embeddings: args.embeddings.display().to_string(),
-            issame: args.issame.display().to_string(),
+            embeddings: embeddings.display().to_string(),
+            issame: issame.display().to_string(),
             report: &report,
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!(
             "{}",
-            text_report(&args.embeddings.display().to_string(), &report)
+            text_report(&embeddings.display().to_string(), &report)
         );
     }
     Ok(())
+}
+
+/// `--model DIR --bin ...`: the flip test of an exported model on each pair set.
+fn run_model(dir: &Path, args: &EvalArgs, verify: VerifyConfig) -> Result<()> {
+    let (model, spec, normalize) = load_model(dir)?;
+    let options = EvalOptions {
+        batch_size: args.batch_size,
+        normalize,
+        verify,
+    };
+    let device = Default::default();
+    let mut embed = |images: &[f32], shape: [usize; 4]| -> Result<Vec<f32>, EmbedderError> {
+        let x = Tensor::<Flex, 4>::from_data(TensorData::new(images.to_vec(), shape), &device);
+        let y = model.try_forward(x)?;
+        y.into_data()
+            .into_vec::<f32>()
+            .map_err(|e| format!("reading the embeddings: {e:?}").into())
+    };
+    let paths: Vec<&Path> = args.bin.iter().map(PathBuf::as_path).collect();
+    let reports = plsc_eval::verify_bin_files(&paths, spec, &mut embed, &options)
+        .with_context(|| format!("verifying {} on the pair sets", dir.display()))?;
+    if args.json {
+        let sets: Vec<SetReport> = reports
+            .iter()
+            .map(|(set, report)| SetReport { set, report })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&sets)?);
+    } else {
+        for (set, report) in &reports {
+            print!("{}", text_report(set, report));
+        }
+    }
+    Ok(())
+}
+
+/// Loads an exported model onto the CPU backend, with its input size and pixel normalisation.
+fn load_model(dir: &Path) -> Result<(Backbone<Flex>, ImageSpec, Normalize)> {
+    let exported = plsc_ckpt::load_exported(dir)
+        .with_context(|| format!("loading the exported model {}", dir.display()))?;
+    let spec = &exported.spec;
+    let (mean, std) = (spec.mean[0], spec.std[0]);
+    ensure!(
+        spec.mean.iter().all(|&m| m == mean) && spec.std.iter().all(|&s| s == std),
+        "{}: per-channel normalisation ({:?}, {:?}) is not supported; pair sets use one mean and \
+         one divisor for all channels",
+        dir.display(),
+        spec.mean,
+        spec.std
+    );
+    let config = BackboneConfig::new(spec.architecture.clone())
+        .with_embedding_size(spec.embedding_size)
+        .with_in_channels(spec.in_channels)
+        .with_input_size(spec.input_size);
+    let device = Default::default();
+    let model: Backbone<Flex> = config.init(&device)?;
+    let mut bytes = Vec::with_capacity(exported.tensors.len());
+    for t in &exported.tensors {
+        bytes.push(
+            t.values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+    }
+    let views = exported
+        .tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            Ok((
+                t.name.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let st = safetensors::serialize(views, None)?;
+    let model = model.load_safetensors_bytes(&st, &dir.display().to_string())?;
+    tracing::info!(model = %dir.display(), architecture = %spec.architecture, "loaded model");
+    let image = ImageSpec {
+        height: spec.input_size,
+        width: spec.input_size,
+        channels: spec.in_channels,
+    };
+    Ok((
+        model,
+        image,
+        Normalize {
+            mean,
+            scale: 1.0 / std,
+        },
+    ))
 }
 
 /// The text form: one figure per line, InsightFace's precision.

@@ -34,7 +34,9 @@ enum Command {
     /// Squared L2 distance of L2-normalised embeddings; 10 contiguous folds (scikit-learn KFold);
     /// threshold 0..4 step 0.01 chosen on nine folds (first maximum) and applied to the tenth;
     /// TAR at FAR = 1e-3 with the threshold interpolated on the training folds as InsightFace's
-    /// calculate_val; XNorm = mean L2 norm of the embeddings as given.
+    /// calculate_val; XNorm = mean L2 norm of the raw embeddings. Input: given embeddings
+    /// (--embeddings, --issame), or an exported model and InsightFace .bin pair sets (--model,
+    /// --bin), embedding every image and its mirror image (the flip test).
     Eval(eval::EvalArgs),
     /// Reshard a checkpoint to another rank count (head rows bit for bit, streamed from mmaps).
     Reshard(reshard::ReshardArgs),

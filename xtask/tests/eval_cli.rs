@@ -97,3 +97,141 @@ fn eval_names_the_bad_file() {
     assert!(err.contains("emb.safetensors"), "{err}");
     assert!(err.contains("19 labels"), "{err}");
 }
+
+/// `--model DIR --bin a.bin,b.bin`: a seeded `iresnet_tiny` saved as a checkpoint and exported
+/// with plsc-ckpt; the command's figures must equal those of the same model run in this process
+/// through the library (so the export is loaded with every weight in place).
+#[test]
+fn eval_model_on_bin_files() {
+    use burn::backend::Flex;
+    use burn::tensor::{Tensor, TensorData};
+    use plsc_ckpt::{BackboneRef, CheckpointMeta, HeadShardRef, ModelSpec, TensorKind};
+    use plsc_eval::{EmbedderError, EvalOptions, ImageSpec, PairSet};
+    use plsc_models::{Backbone, BackboneConfig, EntryKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (dim, size) = (8usize, 28usize);
+    let config = BackboneConfig::new("iresnet_tiny".into())
+        .with_embedding_size(dim)
+        .with_input_size(size);
+    let device = Default::default();
+    let model: Backbone<Flex> = config.init_seeded(3, &device).unwrap();
+
+    // Checkpoint, then export.
+    let tensors: Vec<plsc_ckpt::NamedTensor> = model
+        .state_tensors()
+        .into_iter()
+        .map(|t| {
+            let kind = match t.entry.kind {
+                EntryKind::Param => TensorKind::Param,
+                EntryKind::FrozenParam => TensorKind::FrozenParam,
+                EntryKind::Buffer => TensorKind::Buffer,
+            };
+            plsc_ckpt::NamedTensor::new(t.entry.name.clone(), t.entry.shape.clone(), kind, t.values)
+        })
+        .collect();
+    let head_config = plsc_core::HeadConfig::new(4, dim);
+    let head = plsc_core::ShardedHead::<f32>::new(head_config.clone(), 0, 1).unwrap();
+    let mut spec = ModelSpec::face("iresnet_tiny", dim);
+    spec.input_size = size;
+    let meta = CheckpointMeta {
+        head: head_config,
+        world_size: 1,
+        model: Some(spec),
+        training: Default::default(),
+    };
+    let ckpt_dir = plsc_ckpt::save(
+        &dir.path().join("run"),
+        &meta,
+        Some(BackboneRef {
+            tensors: &tensors,
+            momentum: &[],
+        }),
+        &[HeadShardRef::from_head(&head)],
+        Default::default(),
+    )
+    .unwrap();
+    let export_dir = dir.path().join("model");
+    plsc_ckpt::export(
+        &plsc_ckpt::Checkpoint::open(&ckpt_dir).unwrap(),
+        &export_dir,
+    )
+    .unwrap();
+
+    // Two pair sets of synthetic 28x28 images, 20 pairs each.
+    let opts = plsc_data::synth::SynthOptions {
+        size: size as u32,
+        ..Default::default()
+    };
+    let images: Vec<Vec<u8>> = (0..60u64)
+        .map(|i| plsc_data::synth::synth_image(&opts, i / 6, i % 6).unwrap())
+        .collect();
+    let labels: Vec<u32> = (0..60).map(|i| i / 6).collect();
+    let mut bins = Vec::new();
+    for (name, seed) in [("set_a", 1u64), ("set_b", 2)] {
+        let pairs = plsc_eval::sample_pairs(&labels, 20, seed).unwrap();
+        let bin = plsc_eval::pairs_to_bin(&images, &pairs).unwrap();
+        let path = dir.path().join(format!("{name}.bin"));
+        plsc_eval::write_bin(&path, &bin.images, &bin.issame).unwrap();
+        bins.push(path);
+    }
+    let bin_arg = format!("{},{}", bins[0].display(), bins[1].display());
+
+    let out = xtask(&[
+        "--model".as_ref(),
+        export_dir.as_os_str(),
+        "--bin".as_ref(),
+        bin_arg.as_ref(),
+        "--batch-size".as_ref(),
+        "16".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sets = doc.as_array().unwrap();
+    assert_eq!(sets.len(), 2);
+
+    // The same model, in process.
+    let mut embed = |x: &[f32], shape: [usize; 4]| -> Result<Vec<f32>, EmbedderError> {
+        let t = Tensor::<Flex, 4>::from_data(TensorData::new(x.to_vec(), shape), &device);
+        Ok(model.forward(t).into_data().into_vec::<f32>().unwrap())
+    };
+    let options = EvalOptions {
+        batch_size: 16,
+        ..EvalOptions::default()
+    };
+    let image = ImageSpec {
+        height: size,
+        width: size,
+        channels: 3,
+    };
+    for (path, got) in bins.iter().zip(sets) {
+        let set = PairSet::load(path, image).unwrap();
+        let want = plsc_eval::verify_pair_set(&set, &mut embed, &options).unwrap();
+        assert_eq!(got["set"], set.name.as_str());
+        assert_eq!(got["pairs"], 20);
+        // The CPU backend's threaded kernels may sum in another order in another process:
+        // the embeddings agree to f32 rounding, not bit for bit.
+        let xnorm = got["xnorm"].as_f64().unwrap();
+        assert!(
+            (xnorm - want.xnorm).abs() < 1e-6 * want.xnorm,
+            "{xnorm} vs {}",
+            want.xnorm
+        );
+        assert!(want.xnorm > 0.0);
+        assert_eq!(
+            got["accuracy_mean"].as_f64().unwrap(),
+            want.metrics.accuracy_mean
+        );
+        assert_eq!(got["tar_mean"].as_f64().unwrap(), want.metrics.tar_mean);
+    }
+
+    // --model without --bin, and both input kinds at once, are refused by the parser.
+    let out = xtask(&["--model".as_ref(), export_dir.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bin"));
+}
