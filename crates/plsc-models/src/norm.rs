@@ -156,7 +156,7 @@ impl<B: Backend> BatchNorm<B> {
         per_channel(centered, Some(scale), Some(self.bias.val()))
     }
 
-    /// A copy whose running statistics live in new storage (see [`crate::replica`]).
+    /// A copy whose running statistics live in new storage (see [`crate::Backbone::fresh_replica`]).
     pub fn fresh_replica(&self) -> Self {
         Self {
             weight: self.weight.clone(),

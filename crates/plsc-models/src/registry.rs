@@ -110,30 +110,35 @@ impl BackboneConfig {
     }
 
     /// Builds the backbone on `device` with the backend's current random state.
+    ///
+    /// Every parameter is materialised here. burn initialises parameters lazily, and a clone
+    /// of a parameter that was never read draws its own values: two clones (or replicas) of
+    /// a lazy model would hold different weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Backbone<B>> {
         let net = match self.architecture()? {
             Architecture::IResNet(c) => Network::IResNet(c.init(device)),
             Architecture::MobileFaceNet(c) => Network::MobileFaceNet(c.init(device)),
         };
-        Ok(Backbone {
+        let model = Backbone {
             net,
             in_channels: self.in_channels,
             input_size: self.input_size,
             embedding_size: self.embedding_size,
-        })
+        };
+        model.visit(&mut Materialize);
+        Ok(model)
     }
 
     /// Seeds the backend's generator with `seed`, then builds: the same seed gives the same
     /// weights. (The backend's generator is global; for replicas of a model that already
     /// exists, [`Backbone::fresh_replica`] is the safer copy.)
-    /// burn initialises parameters lazily, on first use; this materialises them all right
-    /// after seeding so that later draws elsewhere cannot interleave.
+    /// [`Self::init`] materialises every parameter right after seeding, so draws elsewhere
+    /// cannot interleave (except from other threads between the seeding and the end of
+    /// `init`).
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Backbone<B>> {
         self.architecture()?;
         B::seed(device, seed);
-        let model = self.init(device)?;
-        model.visit(&mut Materialize);
-        Ok(model)
+        self.init(device)
     }
 }
 
@@ -191,6 +196,8 @@ impl<B: Backend> Backbone<B> {
     /// statistics get their own storage. Use it for per-rank replicas (`clone()` shares the
     /// statistics: burn's `RunningState` keeps them behind an `Arc`).
     pub fn fresh_replica(&self) -> Self {
+        // A lazy parameter's clone would draw its own values (see `BackboneConfig::init`).
+        self.visit(&mut Materialize);
         let net = match &self.net {
             Network::IResNet(m) => Network::IResNet(m.fresh_replica()),
             Network::MobileFaceNet(m) => Network::MobileFaceNet(m.fresh_replica()),
@@ -224,6 +231,30 @@ impl<B: Backend> Backbone<B> {
     /// All tensors with their values (f32), as arcface_torch's `state_dict` would hold them.
     pub fn state_tensors(&self) -> Vec<NamedTensor> {
         self.write_state(true)
+    }
+
+    /// The buffers (BatchNorm running statistics) with their values, e.g. to broadcast them
+    /// from rank 0 before evaluation and saving.
+    pub fn buffer_tensors(&self) -> Vec<NamedTensor> {
+        let mut w = StateWriter::buffers_only();
+        match &self.net {
+            Network::IResNet(m) => m.save_state("", &mut w),
+            Network::MobileFaceNet(m) => m.save_state("", &mut w),
+        }
+        w.into_entries()
+    }
+
+    /// Replaces every buffer with the tensor of the same name in `buffers` (as
+    /// [`Self::buffer_tensors`] returns them); parameters are untouched. `label` names the
+    /// source in errors. The new statistics have their own storage.
+    pub fn load_buffers(self, buffers: &[NamedTensor], label: &str) -> Result<Self> {
+        let mut r = StateReader::buffers_from(label, buffers);
+        let net = match self.net {
+            Network::IResNet(m) => Network::IResNet(m.load_state("", &mut r)?),
+            Network::MobileFaceNet(m) => Network::MobileFaceNet(m.load_state("", &mut r)?),
+        };
+        r.finish()?;
+        Ok(Self { net, ..self })
     }
 
     /// Number of parameters as PyTorch's `sum(p.numel() for p in model.parameters())`

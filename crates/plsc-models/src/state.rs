@@ -67,6 +67,7 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
 /// Collects a model's named tensors, with or without their values.
 pub struct StateWriter {
     with_values: bool,
+    buffers_only: bool,
     entries: Vec<NamedTensor>,
 }
 
@@ -74,6 +75,16 @@ impl StateWriter {
     pub(crate) fn new(with_values: bool) -> Self {
         Self {
             with_values,
+            buffers_only: false,
+            entries: Vec::new(),
+        }
+    }
+
+    /// A writer that records only buffers (with values).
+    pub(crate) fn buffers_only() -> Self {
+        Self {
+            with_values: true,
+            buffers_only: true,
             entries: Vec::new(),
         }
     }
@@ -112,12 +123,18 @@ impl StateWriter {
         kind: EntryKind,
         p: &Param<Tensor<B, D>>,
     ) {
+        if self.buffers_only {
+            return;
+        }
         let shape = p.lazy_shape().dims::<D>().to_vec();
         self.push(name, kind, shape, || p.val());
     }
 
     /// A burn `Linear` weight `[in, out]`, written as PyTorch's `[out, in]`.
     pub fn linear_weight<B: Backend>(&mut self, name: String, p: &Param<Tensor<B, 2>>) {
+        if self.buffers_only {
+            return;
+        }
         let [d_in, d_out] = p.lazy_shape().dims::<2>();
         self.push(name, EntryKind::Param, vec![d_out, d_in], || {
             p.val().transpose()
@@ -135,11 +152,21 @@ impl StateWriter {
     }
 }
 
-/// Reads named tensors out of a safetensors file into a model, checking names and shapes.
+/// Where a reader's tensors come from.
+enum Source<'a> {
+    /// A tensor of a safetensors file.
+    View(TensorView<'a>),
+    /// A tensor in memory.
+    Values(&'a NamedTensor),
+}
+
+/// Reads named tensors (a safetensors file, or tensors in memory) into a model, checking names
+/// and shapes.
 pub struct StateReader<'a> {
     file: String,
-    tensors: HashMap<String, TensorView<'a>>,
+    tensors: HashMap<String, Source<'a>>,
     used: BTreeSet<String>,
+    buffers_only: bool,
 }
 
 /// Keys that PyTorch writes and that this crate ignores on load.
@@ -154,17 +181,36 @@ impl<'a> StateReader<'a> {
             file: file.to_string(),
             source,
         })?;
-        let tensors = st.tensors().into_iter().collect();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, Source::View(v)))
+            .collect();
         Ok(Self {
             file: file.to_string(),
             tensors,
             used: BTreeSet::new(),
+            buffers_only: false,
         })
+    }
+
+    /// Reads buffers only (parameters are left as they are) from tensors in memory; `label`
+    /// names them in errors.
+    pub fn buffers_from(label: &str, tensors: &'a [NamedTensor]) -> Self {
+        Self {
+            file: label.to_string(),
+            tensors: tensors
+                .iter()
+                .map(|t| (t.entry.name.clone(), Source::Values(t)))
+                .collect(),
+            used: BTreeSet::new(),
+            buffers_only: true,
+        }
     }
 
     /// The values of `name`, which must have `expected` shape, as f32 data.
     fn take(&mut self, name: &str, expected: &[usize]) -> Result<TensorData> {
-        let view = self
+        let source = self
             .tensors
             .get(name)
             .ok_or_else(|| ModelError::MissingKey {
@@ -172,38 +218,34 @@ impl<'a> StateReader<'a> {
                 key: name.to_string(),
                 expected: expected.to_vec(),
             })?;
-        if view.shape() != expected {
+        let found = match source {
+            Source::View(view) => view.shape(),
+            Source::Values(t) => t.entry.shape.as_slice(),
+        };
+        if found != expected {
             return Err(ModelError::ShapeMismatch {
                 file: self.file.clone(),
                 key: name.to_string(),
                 expected: expected.to_vec(),
-                found: view.shape().to_vec(),
+                found: found.to_vec(),
             });
         }
-        let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(ModelError::UnsupportedDtype {
-                    file: self.file.clone(),
-                    key: name.to_string(),
-                    dtype: format!("{other:?}"),
-                });
+        let values = match source {
+            Source::View(view) => decode(view).ok_or_else(|| ModelError::UnsupportedDtype {
+                file: self.file.clone(),
+                key: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+            })?,
+            Source::Values(t) => {
+                if t.values.len() != expected.iter().product::<usize>() {
+                    return Err(ModelError::ShapeMismatch {
+                        file: self.file.clone(),
+                        key: name.to_string(),
+                        expected: expected.to_vec(),
+                        found: vec![t.values.len()],
+                    });
+                }
+                t.values.clone()
             }
         };
         self.used.insert(name.to_string());
@@ -216,6 +258,9 @@ impl<'a> StateReader<'a> {
         name: String,
         p: Param<Tensor<B, D>>,
     ) -> Result<Param<Tensor<B, D>>> {
+        if self.buffers_only {
+            return Ok(p);
+        }
         let shape = p.lazy_shape().dims::<D>().to_vec();
         let data = self.take(&name, &shape)?;
         let device = p.lazy_device();
@@ -230,6 +275,9 @@ impl<'a> StateReader<'a> {
         name: String,
         p: Param<Tensor<B, 2>>,
     ) -> Result<Param<Tensor<B, 2>>> {
+        if self.buffers_only {
+            return Ok(p);
+        }
         let [d_in, d_out] = p.lazy_shape().dims::<2>();
         let data = self.take(&name, &[d_out, d_in])?;
         let device = p.lazy_device();
@@ -270,6 +318,30 @@ impl<'a> StateReader<'a> {
             keys,
         })
     }
+}
+
+/// The values of a safetensors tensor as f32, or `None` for a non-float dtype.
+fn decode(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    let bytes = view.data();
+    Some(match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
 }
 
 /// A module whose tensors have PyTorch `state_dict` names.

@@ -87,3 +87,74 @@ fn fresh_replicas_keep_their_own_statistics_across_threads() {
     assert_eq!(running_mean(&replicas[1]), stats[1]);
     assert_eq!(running_mean(&base), before);
 }
+
+#[test]
+fn buffers_broadcast_from_one_replica_to_another() {
+    use burn::module::AutodiffModule;
+    let base = model();
+    let a = base.fresh_replica();
+    let b = base.fresh_replica();
+    let _ = a.forward(batch(-2.0));
+    let _ = b.forward(batch(5.0));
+    assert_ne!(running_mean(&a), running_mean(&b));
+
+    let buffers = a.buffer_tensors();
+    assert!(
+        buffers
+            .iter()
+            .all(|t| t.entry.kind == plsc_models::EntryKind::Buffer)
+    );
+    assert_eq!(
+        buffers.len(),
+        a.state_layout()
+            .iter()
+            .filter(|e| e.kind == plsc_models::EntryKind::Buffer)
+            .count()
+    );
+    let b = b.load_buffers(&buffers, "rank 0").unwrap();
+    assert_eq!(b.buffer_tensors(), buffers);
+    // Same weights and now the same statistics: the same eval embeddings.
+    let x = batch(1.0).inner();
+    assert_eq!(
+        a.valid().forward(x.clone()).into_data(),
+        b.valid().forward(x).into_data()
+    );
+
+    // Parameters are untouched: a model with other weights keeps them.
+    let other = model();
+    let weights = |m: &Backbone<AB>| {
+        m.state_tensors()
+            .into_iter()
+            .filter(|t| t.entry.kind != plsc_models::EntryKind::Buffer)
+            .collect::<Vec<_>>()
+    };
+    let before = weights(&other);
+    let other = other.load_buffers(&buffers, "rank 0").unwrap();
+    assert_eq!(weights(&other), before);
+    assert_eq!(other.buffer_tensors(), buffers);
+
+    // A missing buffer is a named error.
+    let err = model().load_buffers(&buffers[1..], "rank 0").unwrap_err();
+    assert!(
+        matches!(&err, plsc_models::ModelError::MissingKey { key, .. } if *key == buffers[0].entry.name),
+        "{err}"
+    );
+}
+
+#[test]
+fn clones_and_replicas_hold_the_same_weights() {
+    // burn initialises lazily and a clone of an unread parameter draws its own values; init
+    // materialises, so clones and replicas taken right away agree.
+    let base = model();
+    let weights = |m: &Backbone<AB>| {
+        m.state_tensors()
+            .into_iter()
+            .filter(|t| t.entry.kind != plsc_models::EntryKind::Buffer)
+            .collect::<Vec<_>>()
+    };
+    let clone = base.clone();
+    let replica = base.fresh_replica();
+    let w = weights(&replica);
+    assert_eq!(weights(&clone), w);
+    assert_eq!(weights(&base), w);
+}
