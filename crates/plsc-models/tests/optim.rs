@@ -143,3 +143,34 @@ fn global_norm_clipping_scales_all_tensors_by_one_factor() {
         .unwrap();
     assert_eq!(got_b, gb.to_vec());
 }
+
+#[test]
+fn a_step_on_a_backbone_moves_weights_but_not_the_frozen_scale_or_buffers() {
+    use burn::tensor::Distribution;
+    use plsc_models::grad::backbone_gradients;
+    use plsc_models::{Backbone, BackboneConfig};
+    let dev = Default::default();
+    let m: Backbone<AB> = BackboneConfig::new("iresnet_tiny".into())
+        .with_input_size(28)
+        .with_embedding_size(8)
+        .init(&dev)
+        .unwrap();
+    let x = Tensor::<AB, 4>::random([4, 3, 28, 28], Distribution::Normal(0.0, 1.0), &dev);
+    let y = m.forward(x);
+    let before = m.state_tensors();
+    let dy = Tensor::<Flex, 2>::random([4, 8], Distribution::Normal(0.0, 1.0), &dev);
+    let mut grads = backbone_gradients(&m, y, dy).unwrap();
+    let norm = clip_grad_norm(&m, &mut grads, 5.0);
+    assert!(norm.is_finite() && norm > 0.0);
+    let mut optim = SgdMomentumConfig::new().init::<AB, Backbone<AB>>();
+    let m = optim.step(0.1, m, grads);
+    let after = m.state_tensors();
+    for (b, a) in before.iter().zip(&after) {
+        let name = &b.entry.name;
+        let moved = a.values != b.values;
+        match b.entry.kind {
+            plsc_models::EntryKind::Param => assert!(moved, "{name} did not move"),
+            _ => assert!(!moved, "{name} moved"),
+        }
+    }
+}
