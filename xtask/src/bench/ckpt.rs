@@ -226,10 +226,10 @@ fn bench_io(args: &CkptArgs, scratch: &Path) -> anyhow::Result<IoReport> {
         save_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let ckpt = Checkpoint::open(&dir)?;
-        for r in 0..ranks {
+        for (r, shard) in shards.iter().enumerate() {
             let rows = ckpt.load_head_shard(ranks, r)?;
             ensure!(
-                rows.weight.len() == shards[r].len * dim,
+                rows.weight.len() == shard.len * dim,
                 "loaded shard {r} has {} values",
                 rows.weight.len()
             );
