@@ -294,6 +294,68 @@ impl Checkpoint {
         Ok(st)
     }
 
+    /// Checks the backbone's parameters and buffers (not the momentum) against the run's
+    /// model: `expected` lists every `(name, shape)` the model has (plsc-models:
+    /// `Backbone::state_layout()`). A missing tensor, another shape or a tensor the model does
+    /// not have is an error naming `backbone.safetensors` and the tensor.
+    pub fn check_backbone_layout<'a>(
+        &self,
+        expected: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    ) -> Result<()> {
+        let path = self.dir.join(crate::manifest::BACKBONE_FILE);
+        let entry = self
+            .manifest
+            .backbone
+            .as_ref()
+            .ok_or_else(|| CkptError::MissingFile {
+                path: path.clone(),
+                listed_in: self.dir.join(MANIFEST_FILE),
+            })?;
+        let saved: std::collections::HashMap<&str, &[usize]> = entry
+            .tensors
+            .iter()
+            .filter(|t| t.kind != TensorKind::Momentum)
+            .map(|t| (t.key.as_str(), t.shape.as_slice()))
+            .collect();
+        let mut seen = HashSet::new();
+        for (name, shape) in expected {
+            match saved.get(name) {
+                None => {
+                    return Err(CkptError::MissingTensor {
+                        path,
+                        tensor: name.to_string(),
+                    });
+                }
+                Some(found) if *found != shape => {
+                    return Err(CkptError::TensorShape {
+                        path,
+                        tensor: name.to_string(),
+                        expected: shape.to_vec(),
+                        found: found.to_vec(),
+                    });
+                }
+                Some(_) => {
+                    seen.insert(name);
+                }
+            }
+        }
+        let mut extra: Vec<&str> = saved
+            .keys()
+            .copied()
+            .filter(|k| !seen.contains(k))
+            .collect();
+        if !extra.is_empty() {
+            extra.sort_unstable();
+            return Err(CkptError::Mismatch {
+                path,
+                field: "backbone tensors",
+                checkpoint: format!("{extra:?} besides the model's"),
+                expected: "only the model's tensors".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads the backbone (weights, buffers and momentum).
     pub fn load_backbone(&self) -> Result<BackboneState> {
         let st = self.open_backbone()?;

@@ -304,3 +304,46 @@ fn export_keeps_weights_and_buffers_and_checks_its_files() {
         Err(CkptError::MissingFile { .. })
     ));
 }
+
+#[test]
+fn backbone_layout_is_checked_against_the_model() {
+    let config = arcface(12, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = save_step(tmp.path(), &config, 1, 1, 5);
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let (tensors, _) = backbone(1);
+    let layout: Vec<(&str, &[usize])> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect();
+    ckpt.check_backbone_layout(layout.iter().copied()).unwrap();
+
+    let mut wrong = layout.clone();
+    wrong[4].1 = &[8, 35];
+    match ckpt.check_backbone_layout(wrong.iter().copied()) {
+        Err(CkptError::TensorShape {
+            path,
+            tensor,
+            expected,
+            found,
+        }) => {
+            assert!(path.ends_with("backbone.safetensors"));
+            assert_eq!(
+                (tensor.as_str(), expected, found),
+                ("fc.weight", vec![8, 35], vec![8, 36])
+            );
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    let mut missing = layout.clone();
+    missing.push(("fc.bias", &[8]));
+    assert!(matches!(
+        ckpt.check_backbone_layout(missing.iter().copied()),
+        Err(CkptError::MissingTensor { ref tensor, .. }) if tensor == "fc.bias"
+    ));
+    let fewer = &layout[1..];
+    let err = ckpt
+        .check_backbone_layout(fewer.iter().copied())
+        .unwrap_err();
+    assert!(err.to_string().contains("conv1.weight"), "{err}");
+}
