@@ -175,8 +175,14 @@ pub struct LossScaleState {
     /// The current scale.
     #[serde(with = "exact_f64")]
     pub scale: f64,
-    /// Finite steps since the last change (the growth counter).
+    /// Finite steps in a row since the last change (the growth counter).
     pub good_steps: u64,
+    /// Non-finite steps in a row since the last change (the shrink counter).
+    #[serde(default)]
+    pub bad_steps: u64,
+    /// Steps skipped so far (for the logs).
+    #[serde(default)]
+    pub skipped_total: u64,
 }
 
 /// Where the data stream continues: batch `step` of epoch `epoch` (plsc-data's `Position`).

@@ -91,6 +91,8 @@ pub fn meta(config: &HeadConfig, world: usize, step: u64, with_model: bool) -> C
             loss_scale: Some(plsc_ckpt::LossScaleState {
                 scale: 65536.0,
                 good_steps: step % 7,
+                bad_steps: 1,
+                skipped_total: 2,
             }),
             data: DataPosition {
                 epoch: step / 10,
