@@ -17,7 +17,7 @@
 //! Loading: [`latest_valid`] / [`latest_valid_shared`], [`Checkpoint::open`],
 //! [`Checkpoint::load_backbone`], [`Checkpoint::load_head_shard`] (any rank count, using
 //! plsc-core's balanced split), [`Checkpoint::load_into_head`].
-//! Offline: [`reshard`], [`export`] / [`load_exported`].
+//! Offline: [`reshard()`], [`export()`] / [`load_exported`].
 //!
 //! The backbone is handled as a list of named f32 tensors ([`NamedTensor`]), so this crate
 //! does not depend on the model crate: plsc-models' `Backbone::state_tensors()` maps onto it
