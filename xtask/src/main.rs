@@ -7,8 +7,11 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod data;
 mod eval;
+mod head_check;
+mod import_idx;
 mod machine;
 mod reshard;
+mod train;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,6 +32,8 @@ enum Command {
     /// Training data: shuffle-split, importers (RecordIO, folder, label list), synth, inspect.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Run the head on given tensors and write its loss and gradients (compare with PyTorch).
+    HeadCheck(head_check::HeadCheckArgs),
     /// Verification figures (10-fold accuracy, TAR@FAR, XNorm) as InsightFace computes them.
     ///
     /// Squared L2 distance of L2-normalised embeddings; 10 contiguous folds (scikit-learn KFold);
@@ -42,6 +47,12 @@ enum Command {
     Reshard(reshard::ReshardArgs),
     /// Export a checkpoint's backbone for inference: backbone.safetensors + model.json.
     Export(reshard::ExportArgs),
+    /// Train: the shipped Fashion-MNIST job with no arguments (2 rank threads, dist_arcface,
+    /// iresnet_tiny), or `--config FILE` (TOML/JSON) with flag overrides; writes runs/<time>/.
+    Train(train::TrainArgs),
+    /// IDX files (MNIST, Fashion-MNIST) into the base64 layout plus a held-out-class `.bin`
+    /// pair set (how datasets/fashion_mnist was built).
+    ImportIdx(import_idx::ImportIdxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,8 +67,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::HeadCheck(args) => head_check::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Reshard(args) => reshard::run_reshard(args),
         Command::Export(args) => reshard::run_export(args),
+        Command::Train(args) => train::run(args),
+        Command::ImportIdx(args) => import_idx::run(args),
     }
 }

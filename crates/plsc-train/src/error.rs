@@ -35,7 +35,7 @@ pub enum TrainError {
         /// The rank.
         rank: usize,
         /// The head's error.
-        source: plsc_core::HeadError,
+        source: Box<plsc_core::HeadError>,
     },
     /// The backbone failed.
     #[error("rank {rank}: backbone: {source}")]
@@ -43,7 +43,7 @@ pub enum TrainError {
         /// The rank.
         rank: usize,
         /// The model's error.
-        source: plsc_models::ModelError,
+        source: Box<plsc_models::ModelError>,
     },
     /// The data stream failed.
     #[error("rank {rank}: data: {source}")]
@@ -51,7 +51,7 @@ pub enum TrainError {
         /// The rank.
         rank: usize,
         /// The data error.
-        source: plsc_data::DataError,
+        source: Box<plsc_data::DataError>,
     },
     /// A batch has the wrong shape or size.
     #[error("rank {rank}: batch at step {step}: {detail}")]
@@ -82,8 +82,39 @@ pub enum TrainError {
         /// The pair set.
         target: String,
         /// The evaluation error.
-        source: plsc_eval::EvalError,
+        source: Box<plsc_eval::EvalError>,
     },
+}
+
+impl TrainError {
+    /// A head error on `rank`.
+    pub fn head(rank: usize, source: plsc_core::HeadError) -> Self {
+        Self::Head {
+            rank,
+            source: Box::new(source),
+        }
+    }
+    /// A backbone error on `rank`.
+    pub fn model(rank: usize, source: plsc_models::ModelError) -> Self {
+        Self::Model {
+            rank,
+            source: Box::new(source),
+        }
+    }
+    /// A data error on `rank`.
+    pub fn data(rank: usize, source: plsc_data::DataError) -> Self {
+        Self::Data {
+            rank,
+            source: Box::new(source),
+        }
+    }
+    /// A verification error on `target`.
+    pub fn eval(target: String, source: plsc_eval::EvalError) -> Self {
+        Self::Eval {
+            target,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Result with [`TrainError`].

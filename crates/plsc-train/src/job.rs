@@ -77,7 +77,7 @@ fn stream_config(entry: &Entry, rank: usize) -> StreamConfig {
 pub fn open_stream(entry: &Entry, rank: usize) -> Result<BatchStream> {
     let list = entry.dataset_dir.join("file_list.txt");
     BatchStream::from_file_list(&list, stream_config(entry, rank))
-        .map_err(|source| TrainError::Data { rank, source })
+        .map_err(|source| TrainError::data(rank, source))
 }
 
 /// Rank `rank`'s batches from its stream, endless (epochs follow each other).
@@ -87,7 +87,7 @@ pub fn stream_batches(stream: &BatchStream, rank: usize) -> BatchIter {
             images: b.images,
             labels: b.labels,
         })
-        .map_err(|source| TrainError::Data { rank, source })
+        .map_err(|source| TrainError::data(rank, source))
     }))
 }
 
@@ -119,10 +119,7 @@ pub fn load_val_sets(entry: &Entry) -> Result<Vec<(String, PairSet)>> {
                 .unwrap_or_else(|| p.display().to_string());
             PairSet::load(&p, spec)
                 .map(|s| (name.clone(), s))
-                .map_err(|source| TrainError::Eval {
-                    target: p.display().to_string(),
-                    source,
-                })
+                .map_err(|source| TrainError::eval(p.display().to_string(), source))
         })
         .collect()
 }
@@ -137,7 +134,7 @@ pub fn build_backbone(
         .with_in_channels(entry.in_channels)
         .with_input_size(entry.input_size)
         .init_seeded(entry.seed, device)
-        .map_err(|source| TrainError::Model { rank: 0, source })
+        .map_err(|source| TrainError::model(0, source))
 }
 
 /// Trains `entry` on the CPU and writes a new run directory under `entry.model_save_dir`.
@@ -194,7 +191,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
     outcome.ranks[0]
         .model
         .save(&backbone_path)
-        .map_err(|source| TrainError::Model { rank: 0, source })?;
+        .map_err(|source| TrainError::model(0, source))?;
     let mut final_eval: Vec<EvalRecord> = Vec::new();
     for e in outcome.evals.iter().rev() {
         if !final_eval.iter().any(|f| f.target == e.target) {

@@ -166,6 +166,19 @@ pub struct Timings {
     pub total_s: f64,
 }
 
+/// Seconds of one step on rank 0, by part (as in [`Timings`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StepTiming {
+    /// Waiting for the batch.
+    pub data_s: f64,
+    /// Backbone forward, backward and update.
+    pub backbone_s: f64,
+    /// The head's step.
+    pub head_s: f64,
+    /// The gradient all-reduce.
+    pub comm_s: f64,
+}
+
 /// What a rank ends with.
 pub struct RankResult<M> {
     /// The trained model.
@@ -190,6 +203,8 @@ pub struct TrainOutcome<M> {
     pub loss_scale: f64,
     /// Rank 0's time split.
     pub timings: Timings,
+    /// Rank 0's time split of every step.
+    pub steps: Vec<StepTiming>,
     /// Every rank's model and head shard, rank 0 first.
     pub ranks: Vec<RankResult<M>>,
 }
@@ -202,6 +217,7 @@ struct RankOutput<M> {
     skipped: u64,
     loss_scale: f64,
     timings: Timings,
+    steps: Vec<StepTiming>,
 }
 
 /// Runs `entry` on `entry.ranks` rank threads: every rank starts from a replica of `base`;
@@ -259,6 +275,7 @@ where
         skipped_steps: first.skipped,
         loss_scale: first.loss_scale,
         timings: first.timings,
+        steps: first.steps,
         ranks,
     })
 }
@@ -301,7 +318,7 @@ fn apply_head_gradient(
     let rank = head.shard().rank;
     head.set_weight(w, None)
         .and_then(|()| head.set_velocity(v, None))
-        .map_err(|source| TrainError::Head { rank, source })
+        .map_err(|source| TrainError::head(rank, source))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -319,7 +336,7 @@ where
     M: TrainModel<B>,
 {
     let rank = comm.rank();
-    let head_err = |source| TrainError::Head { rank, source };
+    let head_err = |source| TrainError::head(rank, source);
     let loss = entry.loss_config()?;
     let head_cfg = HeadConfig::new(entry.num_classes, entry.embedding_size)
         .with_loss(loss)
@@ -368,6 +385,7 @@ where
     let mut logs = Vec::new();
     let mut evals = Vec::new();
     let mut t = Timings::default();
+    let mut step_times = Vec::with_capacity(plan.total_steps as usize);
     let start = Instant::now();
     let mut window_start = Instant::now();
     let mut window_loss = 0.0;
@@ -430,7 +448,7 @@ where
         let d = entry.embedding_size;
         let g = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(g, [b, d]), device);
         let raw =
-            backward_with_grad::<B>(emb, g).map_err(|source| TrainError::Model { rank, source })?;
+            backward_with_grad::<B>(emb, g).map_err(|source| TrainError::model(rank, source))?;
         let mut grads = burn::optim::GradientsParams::from_grads(raw, &model);
         let mut flat = FlatGrads::collect::<B, M>(&model, &mut grads);
         if mixed {
@@ -466,10 +484,17 @@ where
             });
         }
         let t6 = Instant::now();
-        t.data_s += (t1 - t0).as_secs_f64();
-        t.backbone_s += (t2 - t1).as_secs_f64() + (t4 - t3).as_secs_f64() + (t6 - t5).as_secs_f64();
-        t.head_s += (t3 - t2).as_secs_f64();
-        t.comm_s += (t5 - t4).as_secs_f64();
+        let st = StepTiming {
+            data_s: (t1 - t0).as_secs_f64(),
+            backbone_s: (t2 - t1).as_secs_f64() + (t4 - t3).as_secs_f64() + (t6 - t5).as_secs_f64(),
+            head_s: (t3 - t2).as_secs_f64(),
+            comm_s: (t5 - t4).as_secs_f64(),
+        };
+        t.data_s += st.data_s;
+        t.backbone_s += st.backbone_s;
+        t.head_s += st.head_s;
+        t.comm_s += st.comm_s;
+        step_times.push(st);
 
         losses.push(ho.loss);
         window_loss += ho.loss;
@@ -523,12 +548,8 @@ where
             let te = Instant::now();
             if let Some(o) = out.as_mut() {
                 for (name, set) in &o.val_sets {
-                    let v = verify::<B, M>(&model, set, entry, device).map_err(|source| {
-                        TrainError::Eval {
-                            target: name.clone(),
-                            source,
-                        }
-                    })?;
+                    let v = verify::<B, M>(&model, set, entry, device)
+                        .map_err(|source| TrainError::eval(name.clone(), source))?;
                     let rec = EvalRecord::new(done, name, &v);
                     bar.suspend(|| {
                         tracing::info!(
@@ -566,6 +587,7 @@ where
         skipped: scaler.skipped_total(),
         loss_scale: if mixed { scaler.scale() } else { 1.0 },
         timings: t,
+        steps: step_times,
     })
 }
 

@@ -1,7 +1,5 @@
 //! The training loop: rank-count invariance, learning, and the skipped non-finite step.
 
-#![allow(clippy::result_large_err)] // the closures return the crate's Result
-
 mod common;
 
 use common::{B, GlobalBatch, LinearNet, rank_slices, synthetic};

@@ -1,0 +1,171 @@
+//! `cargo xtask train`: a training run from an [`Entry`]: the shipped Fashion-MNIST job by
+//! default, or `--config FILE` (TOML or JSON), with flags that override single settings.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use plsc_train::{Entry, LrPolicy};
+
+/// The shipped job's settings.
+pub const DEFAULT_CONFIG: &str = "datasets/fashion_mnist/train.toml";
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Settings file (TOML or JSON, every key optional; see `docs` in plsc-train's `Entry`).
+    /// Without it, the shipped Fashion-MNIST job (datasets/fashion_mnist/train.toml) runs.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the settings (after overrides) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Class count.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Embedding size.
+    #[arg(long)]
+    embedding_size: Option<usize>,
+    /// Loss: softmax, arcface, cosface, sphereface, combined, each optionally `dist_` (sharded).
+    #[arg(long)]
+    loss: Option<String>,
+    /// Margins and scale `m1,m2,m3,s` of cos(m1*theta + m2) - m3.
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    margins: Option<Vec<f64>>,
+    /// Backbone (iresnet18/34/50/100, mbf, iresnet_tiny).
+    #[arg(long)]
+    model: Option<String>,
+    /// Images per rank per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Steps (instead of epochs).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Base learning rate, for a global batch of `lr_reference_batch` (512).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// `piecewise` or `poly`.
+    #[arg(long)]
+    lr_policy: Option<LrPolicy>,
+    /// Piecewise boundaries in steps, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    lr_steps: Option<Vec<u64>>,
+    /// Warmup epochs.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Training data folder (with file_list.txt).
+    #[arg(long)]
+    dataset_dir: Option<PathBuf>,
+    /// Verification sets (.bin names or paths), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    val_targets: Option<Vec<String>>,
+    /// Verify every N steps (0: at the end only).
+    #[arg(long)]
+    test_period: Option<u64>,
+    /// Log every N steps.
+    #[arg(long)]
+    log_period: Option<u64>,
+    /// Training top-1/top-5 accuracy.
+    #[arg(long)]
+    calc_acc: Option<bool>,
+    /// Parent folder of the run directory.
+    #[arg(long)]
+    model_save_dir: Option<PathBuf>,
+    /// Verify during and after training.
+    #[arg(long)]
+    with_test: Option<bool>,
+    /// Mixed precision with dynamic loss scaling.
+    #[arg(long)]
+    mixed_precision: Option<bool>,
+    /// Partial FC sampling ratio.
+    #[arg(long)]
+    sample_ratio: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Rank threads.
+    #[arg(long)]
+    ranks: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl TrainArgs {
+    /// The settings: the file (or the shipped job), then the flags.
+    pub fn entry(&self) -> anyhow::Result<Entry> {
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let mut e = Entry::from_file(&path).with_context(|| {
+            if self.config.is_none() {
+                "the shipped job's settings (run from the repository root)".to_string()
+            } else {
+                format!("--config {}", path.display())
+            }
+        })?;
+        macro_rules! set {
+            ($($flag:ident => $field:ident),*) => {$(
+                if let Some(v) = &self.$flag { e.$field = v.clone().into(); }
+            )*};
+        }
+        set!(num_classes => num_classes, embedding_size => embedding_size, loss => loss,
+             model => model, batch_size => train_batch_size, epochs => train_epochs,
+             lr => lr, lr_policy => lr_policy, lr_steps => lr_steps,
+             warmup_epochs => warmup_epochs, dataset_dir => dataset_dir,
+             val_targets => val_targets, test_period => test_period, log_period => log_period,
+             calc_acc => calc_acc, model_save_dir => model_save_dir, with_test => with_test,
+             mixed_precision => mixed_precision, sample_ratio => sample_ratio, seed => seed,
+             ranks => ranks);
+        if let Some(s) = self.steps {
+            e.train_steps = Some(s);
+        }
+        if let Some(m) = &self.margins {
+            e = e.with_margins(m[0], m[1], m[2], m[3]);
+        }
+        e.validate()?;
+        Ok(e)
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let entry = args.entry()?;
+    if args.print_config {
+        print!("{}", entry.to_toml()?);
+        return Ok(());
+    }
+    let s = plsc_train::run(&entry, !args.no_progress)?;
+    let show = |p: &std::path::Path| plsc_train::job::display_path(p);
+    println!("run directory   {}", show(&s.run_dir));
+    println!("  settings      {}", show(&s.config));
+    println!(
+        "  metrics       {}  (JSON lines: train and eval records)",
+        show(&s.metrics)
+    );
+    println!(
+        "  backbone      {}  (safetensors, arcface_torch names)",
+        show(&s.backbone)
+    );
+    println!("  summary       {}", show(&s.run_dir.join("summary.json")));
+    println!(
+        "trained {} steps ({} per epoch, global batch {}, lr {:.4}): loss {:.3} -> {:.3}, {:.1} images/s, {} skipped",
+        s.steps,
+        s.steps_per_epoch,
+        s.global_batch,
+        s.scaled_lr,
+        s.first_loss,
+        s.last_loss,
+        s.images_per_sec,
+        s.skipped_steps
+    );
+    for e in &s.final_eval {
+        println!(
+            "verification {}: accuracy {:.4} +- {:.4}, TAR {:.4} @ FAR {}, XNorm {:.3}",
+            e.target, e.accuracy, e.accuracy_std, e.tar, e.far, e.xnorm
+        );
+    }
+    Ok(())
+}
