@@ -356,6 +356,41 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The backbone's parameters and buffers (no momentum) as the bytes of a standard
+    /// safetensors file, straight from the mapped checkpoint file: what plsc-models'
+    /// `Backbone::load_safetensors_bytes` takes (it refuses unknown keys such as momentum).
+    pub fn backbone_weights_safetensors(&self) -> Result<Vec<u8>> {
+        let st = self.open_backbone()?;
+        let entry = self
+            .manifest
+            .backbone
+            .as_ref()
+            .expect("checked by open_backbone");
+        let path = st.path().to_path_buf();
+        let mut views = Vec::new();
+        for t in entry
+            .tensors
+            .iter()
+            .filter(|t| t.kind != TensorKind::Momentum)
+        {
+            let bytes = st.f32_tensor_shaped(&t.key, &t.shape)?;
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                t.shape.clone(),
+                bytes,
+            )
+            .map_err(|e| CkptError::Safetensors {
+                path: path.clone(),
+                detail: format!("tensor `{}`: {e}", t.key),
+            })?;
+            views.push((t.key.clone(), view));
+        }
+        safetensors::serialize(views, None).map_err(|e| CkptError::Safetensors {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
     /// Reads the backbone (weights, buffers and momentum).
     pub fn load_backbone(&self) -> Result<BackboneState> {
         let st = self.open_backbone()?;

@@ -76,6 +76,15 @@ fn iresnet_tiny_round_trips_through_checkpoint_and_export() {
     assert_eq!(state.tensors, tensors);
     assert_eq!(state.momentum, momentum);
 
+    // Resume path: the checkpoint's weights load into a fresh model directly.
+    let resumed = cfg
+        .init_seeded::<Flex>(5, &device)
+        .unwrap()
+        .load_safetensors_bytes(&ckpt.backbone_weights_safetensors().unwrap(), "checkpoint")
+        .unwrap();
+    let resumed: Vec<NamedTensor> = resumed.state_tensors().into_iter().map(to_ckpt).collect();
+    assert_eq!(resumed, tensors);
+
     // Export, then load the weights into a differently seeded model of the same architecture.
     let out = tmp.path().join("model");
     plsc_ckpt::export(&ckpt, &out).unwrap();
