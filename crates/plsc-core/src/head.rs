@@ -251,9 +251,15 @@ impl<T: HeadFloat> ShardedHead<T> {
             });
         }
         self.velocity = velocity;
-        if let (Some(bv), Some(new)) = (&mut self.bias_velocity, bias_velocity)
-            && new.len() == bv.len()
-        {
+        if let (Some(bv), Some(new)) = (&mut self.bias_velocity, bias_velocity) {
+            if new.len() != bv.len() {
+                return Err(HeadError::Shape {
+                    rank: self.shard.rank,
+                    tensor: "bias_momentum",
+                    got: vec![new.len()],
+                    expected: vec![bv.len()],
+                });
+            }
             *bv = new;
         }
         Ok(())

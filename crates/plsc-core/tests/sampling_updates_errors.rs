@@ -236,3 +236,42 @@ fn bad_input_gives_named_errors_on_every_rank() {
         "{shape_err:?}"
     );
 }
+
+#[test]
+fn setters_reject_rows_of_the_wrong_size() {
+    let mut head = ShardedHead::<f32>::new(
+        HeadConfig::new(10, 4).with_loss("dist_softmax".parse().unwrap()),
+        1,
+        3,
+    )
+    .unwrap();
+    // Rank 1 of 3 owns 3 classes.
+    assert!(matches!(
+        head.set_weight(vec![0.0; 11], None),
+        Err(HeadError::Shape {
+            tensor: "weight",
+            ..
+        })
+    ));
+    assert!(matches!(
+        head.set_weight(vec![0.0; 12], Some(vec![0.0; 2])),
+        Err(HeadError::Shape { tensor: "bias", .. })
+    ));
+    assert!(matches!(
+        head.set_velocity(vec![0.0; 8], None),
+        Err(HeadError::Shape {
+            tensor: "momentum",
+            ..
+        })
+    ));
+    assert!(matches!(
+        head.set_velocity(vec![0.0; 12], Some(vec![0.0; 4])),
+        Err(HeadError::Shape {
+            tensor: "bias_momentum",
+            ..
+        })
+    ));
+    head.set_velocity(vec![1.0; 12], Some(vec![2.0; 3]))
+        .unwrap();
+    assert_eq!(head.bias_velocity().unwrap(), &[2.0; 3]);
+}
