@@ -322,11 +322,16 @@ fn gather_rows<T: HeadFloat>(
     dst.resize(kc * dim, T::zero());
     for j in 0..kc {
         let r = local(setup.sampled.class_at(p0 + j));
-        for (d, s) in dst[j * dim..(j + 1) * dim]
-            .iter_mut()
-            .zip(&weight[r * dim..(r + 1) * dim])
-        {
-            *d = s.round_to(setup.precision);
+        let (to, from) = (
+            &mut dst[j * dim..(j + 1) * dim],
+            &weight[r * dim..(r + 1) * dim],
+        );
+        if setup.precision == Precision::F32 {
+            to.copy_from_slice(from);
+        } else {
+            for (d, s) in to.iter_mut().zip(from) {
+                *d = s.round_to(setup.precision);
+            }
         }
     }
 }
