@@ -149,6 +149,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "  backbone      {}  (safetensors, arcface_torch names)",
         show(&s.backbone)
     );
+    println!(
+        "  checkpoint    {}  (plsc-ckpt: manifest + head shards + backbone)",
+        show(&s.checkpoints.join(plsc_ckpt::step_dir_name(s.steps)))
+    );
     println!("  summary       {}", show(&s.run_dir.join("summary.json")));
     println!(
         "trained {} steps ({} per epoch, global batch {}, lr {:.4}): loss {:.3} -> {:.3}, {:.1} images/s, {} skipped",

@@ -140,6 +140,12 @@ fn import_idx_then_train_writes_a_run_directory() {
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 3);
     assert_eq!(summary["global_batch"], 8);
+    // The final checkpoint holds both head shards and the backbone.
+    let ckpt = plsc_ckpt::latest_valid(&run.join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ckpt.manifest().training.step, 3);
+    assert_eq!(ckpt.manifest().world_size, 2);
     // The saved backbone loads into the same architecture.
     let device = Default::default();
     let bb = plsc_models::BackboneConfig::new("iresnet_tiny".into())

@@ -18,6 +18,7 @@
 //! | `set_test_period`, `set_log_period` | [`Entry::with_test_period`], [`Entry::with_log_period`] |
 //! | `set_calc_acc`                   | [`Entry::with_calc_acc`]               |
 //! | `set_model_save_dir`             | [`Entry::with_model_save_dir`]         |
+//! | `set_checkpoint_dir`             | [`Entry::with_checkpoint_dir`]         |
 //! | `set_with_test`                  | [`Entry::with_with_test`]              |
 //! | `set_mixed_precision(flag, init_loss_scaling, incr_every_n_steps, decr_every_n_nan_or_inf, incr_ratio, decr_ratio)` | [`Entry::with_mixed_precision`] + [`LossScaleConfig`] |
 //! | `set_sample_ratio`               | [`Entry::with_sample_ratio`]           |
@@ -136,6 +137,9 @@ pub struct Entry {
     pub calc_acc: bool,
     /// Where the run directory goes (`<model_save_dir>/<timestamp>/`).
     pub model_save_dir: PathBuf,
+    /// Root of the checkpoints (plsc-ckpt's `step-<n>/` directories); the run directory's
+    /// `checkpoints/` when unset. The run saves one at its end.
+    pub checkpoint_dir: Option<PathBuf>,
     /// Verify during and after training.
     pub with_test: bool,
     /// Mixed precision: f16 head operands with dynamic loss scaling (see the crate docs for the
@@ -194,6 +198,7 @@ impl Default for Entry {
             log_period: 100,
             calc_acc: false,
             model_save_dir: PathBuf::from("runs"),
+            checkpoint_dir: None,
             with_test: true,
             mixed_precision: false,
             loss_scale: LossScaleConfig::default(),
@@ -316,6 +321,13 @@ impl Entry {
         self.margin_m2 = Some(m2);
         self.margin_m3 = Some(m3);
         self.scale = Some(scale);
+        self
+    }
+
+    /// Root of the checkpoints.
+    #[must_use]
+    pub fn with_checkpoint_dir(mut self, dir: &Path) -> Self {
+        self.checkpoint_dir = Some(dir.to_path_buf());
         self
     }
 

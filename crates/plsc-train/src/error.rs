@@ -73,6 +73,14 @@ pub enum TrainError {
         /// The planned step count.
         total: u64,
     },
+    /// Saving the checkpoint failed.
+    #[error("rank {rank}: checkpoint: {source}")]
+    Checkpoint {
+        /// The rank.
+        rank: usize,
+        /// The checkpoint error.
+        source: Box<plsc_ckpt::CkptError>,
+    },
     /// A collective failed.
     #[error("collective: {0}")]
     Comm(#[from] plsc_comm::CommError),

@@ -31,6 +31,8 @@ pub struct RunSummary {
     pub metrics: PathBuf,
     /// The final backbone (arcface_torch names, safetensors).
     pub backbone: PathBuf,
+    /// Root of the checkpoints (the final one is `step-<steps>/`).
+    pub checkpoints: PathBuf,
     /// Steps run.
     pub steps: u64,
     /// Steps per epoch.
@@ -174,10 +176,26 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         entry.loss,
         entry.ranks
     );
+    let checkpoints = entry
+        .checkpoint_dir
+        .clone()
+        .unwrap_or_else(|| run_dir.join("checkpoints"));
+    let spec = stream_config(entry, 0).spec;
     let outputs = Outputs {
         metrics: Some(JsonLines::create(&metrics)?),
         progress,
         val_sets,
+        checkpoint: Some((
+            checkpoints.clone(),
+            plsc_ckpt::ModelSpec {
+                architecture: entry.model.clone(),
+                embedding_size: entry.embedding_size,
+                input_size: entry.input_size,
+                in_channels: entry.in_channels,
+                mean: spec.mean[..entry.in_channels.min(3)].to_vec(),
+                std: spec.std[..entry.in_channels.min(3)].to_vec(),
+            },
+        )),
     };
     let outcome = train::<CpuBackend, _, _>(
         entry,
@@ -205,6 +223,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         config,
         metrics,
         backbone: backbone_path,
+        checkpoints,
         steps: plan.total_steps,
         steps_per_epoch: plan.steps_per_epoch,
         global_batch: entry.global_batch(),

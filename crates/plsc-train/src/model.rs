@@ -6,7 +6,8 @@ use std::path::Path;
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use plsc_models::{Backbone, ModelError};
+use plsc_ckpt::TensorKind;
+use plsc_models::{Backbone, EntryKind, ModelError};
 
 /// A trainable embedding network on autodiff backend `B`.
 pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'static {
@@ -24,6 +25,10 @@ pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'st
 
     /// Writes the weights (and running statistics) to `path`.
     fn save(&self, path: &Path) -> Result<(), ModelError>;
+
+    /// Parameters and buffers as named tensors for a checkpoint (arcface_torch names for the
+    /// registered backbones).
+    fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor>;
 }
 
 impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
@@ -44,5 +49,21 @@ impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
 
     fn save(&self, path: &Path) -> Result<(), ModelError> {
         self.save_safetensors(path)
+    }
+
+    fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor> {
+        Backbone::state_tensors(self)
+            .into_iter()
+            .map(|t| plsc_ckpt::NamedTensor {
+                name: t.entry.name,
+                shape: t.entry.shape,
+                kind: match t.entry.kind {
+                    EntryKind::Param => TensorKind::Param,
+                    EntryKind::FrozenParam => TensorKind::FrozenParam,
+                    EntryKind::Buffer => TensorKind::Buffer,
+                },
+                values: t.values,
+            })
+            .collect()
     }
 }

@@ -84,6 +84,9 @@ pub struct Outputs {
     pub progress: bool,
     /// Verification sets (name, decoded pairs) for rank 0.
     pub val_sets: Vec<(String, PairSet)>,
+    /// Save a checkpoint here at the end of the run (every rank its head shard, rank 0 the
+    /// backbone), describing this backbone.
+    pub checkpoint: Option<(std::path::PathBuf, plsc_ckpt::ModelSpec)>,
 }
 
 /// One log record (every `log_period` steps and at the last step).
@@ -242,6 +245,7 @@ where
     base.visit(&mut Materialize);
     let replicas: Mutex<Vec<Option<M>>> =
         Mutex::new((0..n).map(|_| Some(base.replica())).collect());
+    let checkpoint = outputs.checkpoint.clone();
     let rank0_outputs = Mutex::new(Some(outputs));
     let results = run_ranks(n, |comm| -> Result<RankOutput<M>> {
         let rank = comm.rank();
@@ -259,7 +263,16 @@ where
             None
         };
         let batches = data(rank)?;
-        run_rank::<B, M>(entry, &comm, model, device, plan, batches, out)
+        run_rank::<B, M>(
+            entry,
+            &comm,
+            model,
+            device,
+            plan,
+            batches,
+            out,
+            checkpoint.as_ref(),
+        )
     });
     let mut outs = Vec::with_capacity(n);
     for r in results {
@@ -330,6 +343,7 @@ fn run_rank<B, M>(
     plan: Plan,
     mut batches: BatchIter,
     mut out: Option<Outputs>,
+    checkpoint: Option<&(std::path::PathBuf, plsc_ckpt::ModelSpec)>,
 ) -> Result<RankOutput<M>>
 where
     B: AutodiffBackend,
@@ -349,7 +363,8 @@ where
                 .with_momentum(entry.momentum)
                 .with_weight_decay(entry.weight_decay),
         );
-    let mut head = ShardedHead::<f32>::new(head_cfg, rank, comm.world_size()).map_err(head_err)?;
+    let mut head =
+        ShardedHead::<f32>::new(head_cfg.clone(), rank, comm.world_size()).map_err(head_err)?;
     let mut optim = SgdMomentumConfig::new()
         .with_momentum(entry.momentum)
         .with_weight_decay(entry.weight_decay)
@@ -574,6 +589,72 @@ where
         }
     }
     bar.finish_and_clear();
+    if let Some((root, spec)) = checkpoint {
+        let last = plan.total_steps.saturating_sub(1);
+        let training = plsc_ckpt::TrainingState {
+            step: plan.total_steps,
+            epoch: plan.total_steps / plan.steps_per_epoch,
+            lr: plsc_ckpt::LrScheduleState {
+                schedule: format!("{:?}", entry.lr_policy).to_lowercase(),
+                base_lr: schedule.base_lr,
+                current_lr: schedule.lr_at(plan.total_steps),
+                step: plan.total_steps,
+                params: [
+                    ("warmup_steps".to_string(), schedule.warmup_steps as f64),
+                    ("total_steps".to_string(), schedule.total_steps as f64),
+                    ("last_lr".to_string(), schedule.lr_at(last)),
+                ]
+                .into(),
+            },
+            loss_scale: mixed.then(|| plsc_ckpt::LossScaleState {
+                scale: scaler.scale(),
+                good_steps: 0,
+                bad_steps: 0,
+                skipped_total: scaler.skipped_total(),
+            }),
+            data: plsc_ckpt::DataPosition {
+                epoch: plan.total_steps / plan.steps_per_epoch,
+                step: plan.total_steps % plan.steps_per_epoch,
+            },
+            seeds: plsc_ckpt::Seeds {
+                global: entry.seed,
+                data: entry.seed,
+                head: entry.seed,
+                extra: Default::default(),
+            },
+            extra: serde_json::json!({ "backbone_momentum_saved": false }),
+        };
+        let meta = plsc_ckpt::CheckpointMeta {
+            head: head_cfg,
+            world_size: comm.world_size(),
+            model: Some(spec.clone()),
+            training,
+        };
+        let tensors = if rank == 0 {
+            model.state_tensors()
+        } else {
+            Vec::new()
+        };
+        let backbone = (rank == 0).then_some(plsc_ckpt::BackboneRef {
+            tensors: &tensors,
+            momentum: &[],
+        });
+        let dir = plsc_ckpt::save_rank(
+            comm,
+            root,
+            &meta,
+            backbone,
+            plsc_ckpt::HeadShardRef::from_head(&head),
+            plsc_ckpt::SaveOptions::default(),
+        )
+        .map_err(|source| TrainError::Checkpoint {
+            rank,
+            source: Box::new(source),
+        })?;
+        if is_logger {
+            tracing::info!(dir = %dir.display(), "checkpoint saved");
+        }
+    }
     t.total_s = start.elapsed().as_secs_f64();
     Ok(RankOutput {
         result: RankResult {

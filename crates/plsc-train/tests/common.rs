@@ -58,6 +58,25 @@ impl<B: AutodiffBackend> TrainModel<B> for LinearNet<B> {
     fn replica(&self) -> Self {
         self.clone()
     }
+    fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor> {
+        let w = self.fc.weight.val();
+        let [i, o] = w.dims();
+        let mut out = vec![plsc_ckpt::NamedTensor {
+            name: "fc.weight".into(),
+            shape: vec![i, o],
+            kind: plsc_ckpt::TensorKind::Param,
+            values: w.into_data().to_vec::<f32>().unwrap(),
+        }];
+        if let Some(b) = &self.fc.bias {
+            out.push(plsc_ckpt::NamedTensor {
+                name: "fc.bias".into(),
+                shape: vec![o],
+                kind: plsc_ckpt::TensorKind::Param,
+                values: b.val().into_data().to_vec::<f32>().unwrap(),
+            });
+        }
+        out
+    }
     fn save(&self, path: &Path) -> Result<(), ModelError> {
         let text = serde_json::to_string(&self.values()).unwrap();
         std::fs::write(path, text).map_err(|e| ModelError::InvalidConfig(e.to_string()))

@@ -20,6 +20,7 @@ fn custom() -> Entry {
         .with_dataset_dir(Path::new("/data/ms1m"))
         .with_train_image_num(5_822_653)
         .with_val_targets(vec!["lfw".into(), "agedb_30".into()])
+        .with_checkpoint_dir(Path::new("/ckpt/ms1m"))
         .with_test_period(2000)
         .with_log_period(50)
         .with_calc_acc(true)
