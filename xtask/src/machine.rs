@@ -1,6 +1,9 @@
 //! What machine a benchmark ran on, for the `machine` field of every benchmark's JSON.
 
+use anyhow::{Context, ensure};
 use serde::Serialize;
+use std::path::Path;
+use std::process::Command;
 
 /// CPU model, core and thread counts, memory and OS of this machine.
 #[derive(Debug, Serialize)]
@@ -44,4 +47,30 @@ fn rayon_threads() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Free bytes on the file system holding `dir`, from `df`.
+pub fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("df")
+        .args(["-k", "--output=avail"])
+        .arg(dir)
+        .output()
+        .context("running df")?;
+    ensure!(out.status.success(), "df failed on {}", dir.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .context("parsing df output")?;
+    Ok(kib * 1024)
+}
+
+/// Reads a `kB` field (`VmRSS:`, `RssAnon:`, ...) of `/proc/<pid>/status`.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }

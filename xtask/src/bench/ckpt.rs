@@ -25,6 +25,8 @@ use plsc_ckpt::{
 use plsc_core::{ClassShard, HeadConfig};
 use serde::Serialize;
 
+use crate::machine::{free_bytes, status_kib};
+
 /// Arguments of `cargo xtask bench ckpt`.
 #[derive(clap::Args, Debug)]
 pub struct CkptArgs {
@@ -309,30 +311,4 @@ fn bench_reshard(args: &CkptArgs, scratch: &Path) -> anyhow::Result<ReshardRepor
         rss_anon_goal_mib: goal,
         rss_anon_under_goal: anon < goal,
     })
-}
-
-/// Free bytes on the file system holding `dir`, from `df`.
-fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let out = Command::new("df")
-        .args(["-k", "--output=avail"])
-        .arg(dir)
-        .output()
-        .context("running df")?;
-    ensure!(out.status.success(), "df failed on {}", dir.display());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let kib: u64 = text
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .context("parsing df output")?;
-    Ok(kib * 1024)
-}
-
-/// Reads a `kB` field of `/proc/<pid>/status`.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }

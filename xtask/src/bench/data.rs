@@ -20,6 +20,8 @@ use plsc_data::synth::{SynthFormat, SynthOptions, synth, synth_image};
 use plsc_data::writer::WriteOptions;
 use serde::Serialize;
 
+use crate::machine::{free_bytes, status_kib};
+
 /// Arguments of `cargo xtask bench data`.
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
@@ -123,32 +125,6 @@ fn run_in(args: &DataArgs, scratch: &Path) -> anyhow::Result<Report> {
         decode_augment,
         machine: crate::machine::machine_info(),
     })
-}
-
-/// Free bytes on the file system holding `dir`, from `df`.
-fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let out = Command::new("df")
-        .args(["-k", "--output=avail"])
-        .arg(dir)
-        .output()
-        .context("running df")?;
-    ensure!(out.status.success(), "df failed on {}", dir.display());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let kib: u64 = text
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .context("parsing df output")?;
-    Ok(kib * 1024)
-}
-
-/// Reads a `kB` field of `/proc/<pid>/status`.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 fn bench_split(args: &DataArgs, scratch: &Path) -> anyhow::Result<SplitReport> {

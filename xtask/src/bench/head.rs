@@ -4,7 +4,7 @@
 //! a plain `[B, D] x [D, C]` matmul on the same kernel (and on burn-flex) in the same run, and
 //! the head's work-buffer bytes beyond weight and momentum.
 
-use crate::machine::machine_info;
+use crate::machine::{machine_info, status_kib};
 use clap::Args;
 use plsc_comm::ThreadGroup;
 use plsc_core::{HeadConfig, HeadPath, LossConfig, ShardedHead, WeightUpdate};
@@ -67,15 +67,7 @@ fn median(v: &[f64]) -> f64 {
 
 /// Resident set size of this process, from /proc (0 where unavailable).
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    status_kib(std::process::id(), "VmRSS:").map_or(0, |kib| kib * 1024)
 }
 
 /// A plain `[b, d] x [d, c]` product with the `gemm` crate on all rayon threads, into a

@@ -213,6 +213,14 @@ fn class_bounds(sampled: &SampledClasses, ranges: &[Range<usize>], shard_len: us
     b
 }
 
+/// [`split_rows`] of an optional per-class vector (bias, its momentum or gradient).
+fn split_optional<'b, E>(buf: Option<&'b mut [E]>, bounds: &[usize]) -> Vec<Option<&'b mut [E]>> {
+    match buf {
+        Some(b) => split_rows(b, bounds, 1).into_iter().map(Some).collect(),
+        None => bounds.windows(2).map(|_| None).collect(),
+    }
+}
+
 fn split_rows<'b, E>(buf: &'b mut [E], bounds: &[usize], dim: usize) -> Vec<&'b mut [E]> {
     let ranges: Vec<Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
     split_ranges(buf, &ranges, dim)
@@ -397,10 +405,7 @@ pub fn backward<T: HeadFloat>(
     let shard_len = weight.len() / dim.max(1);
     let bounds = class_bounds(setup.sampled, &plan.ranges, shard_len);
     let weights = split_rows(weight, &bounds, dim);
-    let biases: Vec<Option<&mut [T]>> = match bias {
-        Some(b) => split_rows(b, &bounds, 1).into_iter().map(Some).collect(),
-        None => bounds.windows(2).map(|_| None).collect(),
-    };
+    let biases = split_optional(bias, &bounds);
     enum Part<'p, T> {
         Sgd {
             velocity: &'p mut [T],
@@ -420,10 +425,7 @@ pub fn backward<T: HeadFloat>(
             bias_velocity,
         } => {
             let v = split_rows(velocity, &bounds, dim);
-            let bv: Vec<Option<&mut [T]>> = match bias_velocity {
-                Some(b) => split_rows(b, &bounds, 1).into_iter().map(Some).collect(),
-                None => v.iter().map(|_| None).collect(),
-            };
+            let bv = split_optional(bias_velocity, &bounds);
             v.into_iter()
                 .zip(bv)
                 .map(|(velocity, bias_velocity)| Part::Sgd {
@@ -437,10 +439,7 @@ pub fn backward<T: HeadFloat>(
         }
         RowSink::Gradient { weight, bias } => {
             let g = split_rows(weight, &bounds, dim);
-            let gb: Vec<Option<&mut [T]>> = match bias {
-                Some(b) => split_rows(b, &bounds, 1).into_iter().map(Some).collect(),
-                None => g.iter().map(|_| None).collect(),
-            };
+            let gb = split_optional(bias, &bounds);
             g.into_iter()
                 .zip(gb)
                 .map(|(a, b)| Part::Grad(a, b))

@@ -96,6 +96,18 @@ pub struct TileInfo<'a, T> {
     pub classes: &'a [i64],
 }
 
+impl<T> TileInfo<'_, T> {
+    /// The column of sampled position `pos` in this tile, or [`NO_TARGET`].
+    #[inline]
+    pub fn column_of(&self, pos: usize) -> usize {
+        if pos != NO_TARGET && pos >= self.p0 && pos < self.p0 + self.kc {
+            pos - self.p0
+        } else {
+            NO_TARGET
+        }
+    }
+}
+
 /// Turns raw products into logits in place (see the module doc); records target logits,
 /// `psi'` and, when `stats.topk` is not empty, the running top-k of `s c` (or `z` for softmax).
 pub fn transform<T: HeadFloat>(
@@ -111,11 +123,7 @@ pub fn transform<T: HeadFloat>(
     for i in 0..rows {
         let row = &mut z[i * kc..(i + 1) * kc];
         let t = targets[i];
-        let jt = if t != NO_TARGET && t >= tile.p0 && t < tile.p0 + kc {
-            t - tile.p0
-        } else {
-            NO_TARGET
-        };
+        let jt = tile.column_of(t);
         match loss {
             TileLoss::Softmax => {
                 for (v, b) in row.iter_mut().zip(tile.bias) {
@@ -232,11 +240,7 @@ pub fn gradient<T: HeadFloat>(
     for i in 0..rows {
         let row = &mut z[i * kc..(i + 1) * kc];
         let t = targets[i];
-        let jt = if t != NO_TARGET && t >= tile.p0 && t < tile.p0 + kc {
-            t - tile.p0
-        } else {
-            NO_TARGET
-        };
+        let jt = tile.column_of(t);
         let filtered: Vec<usize> = match loss {
             TileLoss::Margin {
                 filter: Some(_), ..
