@@ -90,8 +90,13 @@ fn one_and_two_ranks_give_the_same_losses() {
         .collect();
     assert!(max_abs_diff(&one.ranks[0].head_weight, &joined) < 1e-4);
     assert!(max_abs_diff(&one.ranks[0].model.values(), &two.ranks[0].model.values()) < 1e-4);
-    // Both backbone replicas stay identical.
+    // Both backbone replicas stay identical, and the backbone did train.
     assert_eq!(two.ranks[0].model.values(), two.ranks[1].model.values());
+    let initial = LinearNet::<B>::new(PIXELS, DIM, 7, &Default::default()).values();
+    assert!(
+        max_abs_diff(&initial, &one.ranks[0].model.values()) > 1e-3,
+        "the backbone never moved"
+    );
 }
 
 #[test]
