@@ -451,14 +451,14 @@ pub fn backward<T: HeadFloat>(
         .iter()
         .map(|r| &ws.inv_norm[r.clone()])
         .collect();
-    let regions: Vec<Option<&mut [T]>> = if plan.materialise {
-        split_ranges(&mut ws.logits, &plan.ranges, rows)
-            .into_iter()
-            .map(Some)
-            .collect()
-    } else {
-        plan.ranges.iter().map(|_| None).collect()
-    };
+    let regions: Vec<Option<&[T]>> = plan
+        .ranges
+        .iter()
+        .map(|r| {
+            plan.materialise
+                .then(|| &ws.logits[r.start * rows..r.end * rows])
+        })
+        .collect();
     let is_margin = matches!(setup.loss, TileLoss::Margin { .. });
     ws.workers
         .par_iter_mut()
@@ -470,7 +470,7 @@ pub fn backward<T: HeadFloat>(
         .zip(regions.into_par_iter())
         .zip(bounds.par_windows(2))
         .for_each(
-            |(((((((buf, range), wslice), mut bslice), mut part), inv), mut region), bound)| {
+            |(((((((buf, range), wslice), mut bslice), mut part), inv), region), bound)| {
                 let WorkerBuf {
                     wtile,
                     ztile,
@@ -500,16 +500,16 @@ pub fn backward<T: HeadFloat>(
                         }
                     }
                     let materialised = region.is_some();
-                    let g: &mut [T] = match region.as_deref_mut() {
-                        // The kept logits turn into the gradient in place.
-                        Some(r) => {
-                            &mut r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows]
-                        }
-                        None => {
-                            ztile.resize(rows * kc, T::zero());
-                            &mut ztile[..rows * kc]
-                        }
-                    };
+                    ztile.resize(rows * kc, T::zero());
+                    let g: &mut [T] = &mut ztile[..rows * kc];
+                    if let Some(r) = region {
+                        // The kept logits are copied into the cache-resident tile, where they
+                        // turn into the gradient: the big buffer is only read, never written
+                        // back.
+                        g.copy_from_slice(
+                            &r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows],
+                        );
+                    }
                     {
                         let w_rows: &[T] = if rows_in_place(setup) {
                             &wslice[(p0 - off) * dim..(p0 - off + kc) * dim]
