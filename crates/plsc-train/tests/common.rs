@@ -24,10 +24,15 @@ pub struct LinearNet<B: Backend> {
 
 impl<B: Backend> LinearNet<B> {
     pub fn new(inputs: usize, dim: usize, seed: u64, device: &B::Device) -> Self {
+        // The backend's generator is process-wide and the tests of a binary run in parallel:
+        // seed and draw every value under one lock, so a test's model does not depend on what
+        // another test draws meanwhile (burn draws lazily, at a parameter's first read).
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(device, seed);
-        Self {
-            fc: LinearConfig::new(inputs, dim).init(device),
-        }
+        let fc = LinearConfig::new(inputs, dim).init(device);
+        let _ = (fc.weight.val(), fc.bias.as_ref().map(|b| b.val()));
+        Self { fc }
     }
 
     fn run(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
