@@ -31,6 +31,31 @@ use super::topk::TopK;
 use crate::float::{HeadFloat, Precision};
 use crate::margin::Margin;
 
+/// Defines `pub fn $name` that runs its body compiled for AVX2 + FMA when the CPU has them
+/// (chosen at run time) and for the baseline target otherwise. The body is the same code; Rust
+/// never contracts `a * b + c` into an FMA on its own, so both give the same bits.
+macro_rules! with_avx2 {
+    ($(#[$meta:meta])* pub fn $name:ident<T: HeadFloat>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name<T: HeadFloat>($($arg: $ty),*) {
+            #[inline(always)]
+            fn body<T: HeadFloat>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<T: HeadFloat>($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// The loss-specific constants of the tile math.
 #[derive(Debug, Clone, Copy)]
 pub enum TileLoss<T> {
@@ -108,6 +133,7 @@ impl<T> TileInfo<'_, T> {
     }
 }
 
+with_avx2! {
 /// Turns raw products into logits in place (see the module doc); records target logits,
 /// `psi'` and, when `stats.topk` is not empty, the running top-k of `s c` (or `z` for softmax).
 pub fn transform<T: HeadFloat>(
@@ -189,7 +215,9 @@ pub fn transform<T: HeadFloat>(
         }
     }
 }
+}
 
+with_avx2! {
 /// Merges a tile of logits into the running `max` and `sum` of each row.
 pub fn accumulate_stats<T: HeadFloat>(
     z: &[T],
@@ -220,7 +248,9 @@ pub fn accumulate_stats<T: HeadFloat>(
         stats.max[i] = new;
     }
 }
+}
 
+with_avx2! {
 /// Turns a tile of logits into the gradient `g` in place (see the module doc) and rounds it to
 /// the operand precision. `col_sums`, when given, receives `sum_i g_ij` (the bias gradient).
 #[allow(clippy::too_many_arguments)]
@@ -292,4 +322,5 @@ pub fn gradient<T: HeadFloat>(
             }
         }
     }
+}
 }
