@@ -51,6 +51,16 @@ struct Chunk<B: Backend> {
     inv_wnorm: Option<Tensor<B, 2>>,
 }
 
+/// `1 / max(|row|, eps)` of every row, `[rows, 1]` (the epsilon of `crate::cpu::rows`).
+fn inv_row_norms<B: Backend>(m: &Tensor<B, 2>) -> Tensor<B, 2> {
+    m.clone()
+        .square()
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(crate::cpu::rows::NORM_EPS)
+        .recip()
+}
+
 fn column<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 2> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n, 1]), device)
@@ -104,13 +114,7 @@ fn chunk_logits<B: Backend>(
             }
         }
         LossKind::Margin(p) => {
-            let inv_wnorm = wc
-                .clone()
-                .square()
-                .sum_dim(1)
-                .sqrt()
-                .clamp_min(1e-12)
-                .recip();
+            let inv_wnorm = inv_row_norms(&wc);
             let wn = wc * inv_wnorm.clone();
             let cos = xop.clone().matmul(wn.clone().transpose()).clamp(-1.0, 1.0);
             // The B target cosines go to the host for psi and psi' in f64.
@@ -228,13 +232,7 @@ pub fn burn_head_step<B: Backend>(
     let kind = config.loss.kind;
     let (xop, inv_xnorm) = match kind {
         LossKind::Margin(_) => {
-            let inv = x
-                .clone()
-                .square()
-                .sum_dim(1)
-                .sqrt()
-                .clamp_min(1e-12)
-                .recip();
+            let inv = inv_row_norms(&x);
             (x.clone() * inv.clone(), Some(inv))
         }
         LossKind::Softmax => (x.clone(), None),
