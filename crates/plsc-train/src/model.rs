@@ -29,6 +29,19 @@ pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'st
     /// Parameters and buffers as named tensors for a checkpoint (arcface_torch names for the
     /// registered backbones).
     fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor>;
+
+    /// The running statistics (BatchNorm means and variances), flattened in a fixed order; empty
+    /// for a model without batch statistics.
+    fn running_stats(&self) -> Vec<f32> {
+        Vec::new()
+    }
+
+    /// The model with its running statistics replaced by `values` (as [`Self::running_stats`]
+    /// lays them out).
+    fn with_running_stats(self, values: &[f32]) -> Result<Self, ModelError> {
+        let _ = values;
+        Ok(self)
+    }
 }
 
 impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
@@ -45,6 +58,24 @@ impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
 
     fn replica(&self) -> Self {
         self.fresh_replica()
+    }
+
+    fn running_stats(&self) -> Vec<f32> {
+        self.buffer_tensors()
+            .into_iter()
+            .flat_map(|t| t.values)
+            .collect()
+    }
+
+    fn with_running_stats(self, values: &[f32]) -> Result<Self, ModelError> {
+        let mut buffers = self.buffer_tensors();
+        let mut at = 0;
+        for b in &mut buffers {
+            let n = b.values.len();
+            b.values.copy_from_slice(&values[at..at + n]);
+            at += n;
+        }
+        self.load_buffers(&buffers, "running statistics from rank 0")
     }
 
     fn save(&self, path: &Path) -> Result<(), ModelError> {

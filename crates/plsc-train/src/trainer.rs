@@ -26,7 +26,7 @@ use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use plsc_comm::{Communicator, run_ranks};
+use plsc_comm::{CommExt, Communicator, run_ranks};
 use plsc_core::sgd::sgd_update;
 use plsc_core::{HeadConfig, ShardedHead, SparseSgdConfig, WeightUpdate};
 use plsc_eval::{EmbedderError, EvalOptions, Normalize, PairSet, Verification, VerifyConfig};
@@ -557,9 +557,14 @@ where
             window_steps = 0;
         }
 
-        // verification
+        // verification, after every rank takes rank 0's running statistics (a collective: all
+        // ranks reach it at the same steps)
         let periodic = entry.test_period > 0 && done % entry.test_period == 0;
-        if entry.with_test && is_logger && (periodic || done == plan.total_steps) {
+        let evaluate = entry.with_test && (periodic || done == plan.total_steps);
+        if evaluate || done == plan.total_steps {
+            model = broadcast_running_stats(comm, model, rank)?;
+        }
+        if evaluate && is_logger {
             let te = Instant::now();
             if let Some(o) = out.as_mut() {
                 for (name, set) in &o.val_sets {
@@ -697,6 +702,23 @@ pub fn verify<B: AutodiffBackend, M: TrainModel<B>>(
 }
 
 /// Seconds as a [`Duration`] (for printing).
+/// Every rank takes rank 0's running statistics (BatchNorm buffers stay per rank while
+/// training; evaluation and saving use rank 0's, and afterwards all replicas agree).
+fn broadcast_running_stats<B: AutodiffBackend, M: TrainModel<B>>(
+    comm: &dyn Communicator,
+    model: M,
+    rank: usize,
+) -> Result<M> {
+    let mut stats = model.running_stats();
+    if stats.is_empty() || comm.world_size() == 1 {
+        return Ok(model);
+    }
+    comm.broadcast(&mut stats, 0)?;
+    model
+        .with_running_stats(&stats)
+        .map_err(|source| TrainError::model(rank, source))
+}
+
 pub fn secs(d: f64) -> Duration {
     Duration::from_secs_f64(d.max(0.0))
 }
