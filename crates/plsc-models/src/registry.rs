@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::config::Config;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::{ModelError, Result};
@@ -202,12 +202,16 @@ impl<B: Backend> Backbone<B> {
             Network::IResNet(m) => Network::IResNet(m.fresh_replica()),
             Network::MobileFaceNet(m) => Network::MobileFaceNet(m.fresh_replica()),
         };
-        Self {
+        let replica = Self {
             net,
             in_channels: self.in_channels,
             input_size: self.input_size,
             embedding_size: self.embedding_size,
-        }
+        };
+        // Every parameter becomes a tensor of its own: replicas whose weights were plain clones
+        // shared autodiff leaves, and concurrent backward passes on rank threads then lost
+        // gradients now and then (a rank's flat gradient came out short).
+        replica.map(&mut OwnLeaves)
     }
 
     fn write_state(&self, with_values: bool) -> Vec<NamedTensor> {
@@ -310,6 +314,25 @@ impl<B: Backend> Backbone<B> {
 }
 
 /// Touches every parameter, which runs burn's lazy initialisation.
+/// Copies every float parameter into a new tensor (same id, same values, same
+/// `require_grad`), so that no autodiff leaf is shared with the module it came from.
+struct OwnLeaves;
+
+impl<B: Backend> ModuleMapper<B> for OwnLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let device = tensor.device();
+        let copy = Tensor::from_data(tensor.into_data(), &device);
+        let copy = if require_grad {
+            copy.require_grad()
+        } else {
+            copy
+        };
+        Param::from_mapped_value(id, copy, mapper)
+    }
+}
+
 struct Materialize;
 
 impl<B: Backend> ModuleVisitor<B> for Materialize {
