@@ -153,6 +153,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "  checkpoint    {}  (plsc-ckpt: manifest + head shards + backbone)",
         show(&s.checkpoints.join(plsc_ckpt::step_dir_name(s.steps)))
     );
+    println!(
+        "  model         {}  (exported: model.json + weights, for `xtask eval --model` and serving)",
+        show(&s.model)
+    );
     println!("  summary       {}", show(&s.run_dir.join("summary.json")));
     println!(
         "trained {} steps ({} per epoch, global batch {}, lr {:.4}): loss {:.3} -> {:.3}, {:.1} images/s, {} skipped",

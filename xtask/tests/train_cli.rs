@@ -156,4 +156,9 @@ fn import_idx_then_train_writes_a_run_directory() {
         .unwrap();
     bb.load_safetensors(&run.join("backbone.safetensors"))
         .unwrap();
+    // The exported model (what `xtask eval --model` and the server load) is the final step's.
+    let exported = plsc_ckpt::load_exported(&run.join("model")).unwrap();
+    assert_eq!(exported.source_step, 3);
+    assert_eq!(exported.spec.architecture, "iresnet_tiny");
+    assert_eq!(exported.spec.embedding_size, 16);
 }

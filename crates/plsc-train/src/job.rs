@@ -33,6 +33,9 @@ pub struct RunSummary {
     pub backbone: PathBuf,
     /// Root of the checkpoints (the final one is `step-<steps>/`).
     pub checkpoints: PathBuf,
+    /// The exported model (`model.json` + weights, what `xtask export` writes and `xtask eval
+    /// --model` and the server load), from the final checkpoint.
+    pub model: PathBuf,
     /// Steps run.
     pub steps: u64,
     /// Steps per epoch.
@@ -210,6 +213,13 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         .model
         .save(&backbone_path)
         .map_err(|source| TrainError::model(0, source))?;
+    let model_dir = run_dir.join("model");
+    let as_train_error = |source: plsc_ckpt::CkptError| TrainError::Checkpoint {
+        rank: 0,
+        source: Box::new(source),
+    };
+    let last = plsc_ckpt::Checkpoint::open_dir_or_latest(&checkpoints).map_err(as_train_error)?;
+    plsc_ckpt::export(&last, &model_dir).map_err(as_train_error)?;
     let mut final_eval: Vec<EvalRecord> = Vec::new();
     for e in outcome.evals.iter().rev() {
         if !final_eval.iter().any(|f| f.target == e.target) {
@@ -224,6 +234,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         metrics,
         backbone: backbone_path,
         checkpoints,
+        model: model_dir,
         steps: plan.total_steps,
         steps_per_epoch: plan.steps_per_epoch,
         global_batch: entry.global_batch(),
