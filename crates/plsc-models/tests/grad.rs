@@ -102,8 +102,13 @@ fn injection_matches_autodiff_of_an_equivalent_scalar_loss() {
                     .iter()
                     .fold(0f32, |m, v| m.max(v.abs()))
                     .max(1e-3 * global);
+                // Plus an absolute floor at the rounding noise of the model's largest gradient:
+                // a tensor whose gradient is itself at noise level (~1e-7) differs by noise.
                 for (u, v) in ga.iter().zip(gb) {
-                    assert!((u - v).abs() <= 1e-4 * scale, "param {id}: {u} vs {v}");
+                    assert!(
+                        (u - v).abs() <= 1e-4 * scale + 1e-5 * global,
+                        "param {id}: {u} vs {v} (largest gradient {global})"
+                    );
                 }
             }
             (None, None) => {}
