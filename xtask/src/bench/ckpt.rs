@@ -94,14 +94,7 @@ struct Report {
 
 pub fn run(args: CkptArgs) -> anyhow::Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let scratch = base.join(format!("plsc-bench-ckpt-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let result = run_in(&args, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = result?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    super::run_in_scratch(args.dir.clone(), "ckpt", |scratch| run_in(&args, scratch))
 }
 
 fn run_in(args: &CkptArgs, scratch: &Path) -> anyhow::Result<Report> {

@@ -103,14 +103,7 @@ struct Report {
 }
 
 pub fn run(args: DataArgs) -> anyhow::Result<()> {
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let scratch = base.join(format!("plsc-bench-data-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let result = run_in(&args, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = result?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    super::run_in_scratch(args.dir.clone(), "data", |scratch| run_in(&args, scratch))
 }
 
 fn run_in(args: &DataArgs, scratch: &Path) -> anyhow::Result<Report> {

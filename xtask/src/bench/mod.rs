@@ -41,3 +41,20 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train(args) => train::run(args),
     }
 }
+
+/// Runs `body` in a fresh scratch folder `<dir or the temp dir>/plsc-bench-<name>-<pid>`,
+/// removes the folder whatever happened, and prints the report as one JSON document.
+pub fn run_in_scratch<R: serde::Serialize>(
+    dir: Option<std::path::PathBuf>,
+    name: &str,
+    body: impl FnOnce(&std::path::Path) -> anyhow::Result<R>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let base = dir.unwrap_or_else(std::env::temp_dir);
+    let scratch = base.join(format!("plsc-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let result = body(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!("{}", serde_json::to_string_pretty(&result?)?);
+    Ok(())
+}
