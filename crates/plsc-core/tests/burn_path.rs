@@ -12,7 +12,7 @@ use plsc_core::reference::head_reference;
 use plsc_core::sampling::{SampledClasses, sample_classes};
 use plsc_core::{ClassShard, HeadConfig, HeadError, LossConfig, LossKind, MarginParams};
 
-fn f32s(t: Tensor<Flex, 2>) -> Vec<f64> {
+fn f32s<const D: usize>(t: Tensor<Flex, D>) -> Vec<f64> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()
@@ -52,15 +52,7 @@ fn run(p: &Problem, config: &HeadConfig, n: usize) -> Vec<BurnRank> {
         let bias = (config.loss.kind == LossKind::Softmax)
             .then(|| Tensor::<Flex, 1>::zeros([shard.len], &device));
         let o = burn_head_step(&comm, config, shard, w, bias, x, &p.labels[lo..hi], 0)?;
-        let gb = o.grad_bias.map(|b| {
-            b.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f64::from)
-                .collect()
-        });
+        let gb = o.grad_bias.map(f32s);
         Ok::<_, HeadError>((o.loss, f32s(o.grad_features), f32s(o.grad_weight), gb))
     });
     out.into_iter().map(|r| r.unwrap()).collect()
@@ -83,16 +75,7 @@ fn burn_path_matches_the_reference() {
                 let config = HeadConfig::new(p.classes, p.dim)
                     .with_loss(LossConfig { kind, sharded })
                     .with_chunk_size(chunk);
-                let bias = (kind == LossKind::Softmax).then(|| vec![0.0; p.classes]);
-                let r = head_reference(
-                    &kind,
-                    &p.features,
-                    &p.labels,
-                    &p.weight,
-                    bias.as_deref(),
-                    p.dim,
-                    None,
-                );
+                let r = full_reference(&p, &kind);
                 let ranks = run(&p, &config, n);
                 let gx = concat(ranks.iter().map(|x| x.1.clone()));
                 let gw = if sharded {

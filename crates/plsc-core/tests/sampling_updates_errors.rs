@@ -133,17 +133,7 @@ fn replicated_head_sums_weight_gradients_across_ranks() {
     for name in ["arcface", "softmax"] {
         let loss: LossConfig = name.parse().unwrap();
         let config = HeadConfig::new(p.classes, p.dim).with_loss(loss);
-        let bias =
-            (!matches!(loss.kind, plsc_core::LossKind::Margin(_))).then(|| vec![0.0; p.classes]);
-        let reference = head_reference(
-            &loss.kind,
-            &p.features,
-            &p.labels,
-            &p.weight,
-            bias.as_deref(),
-            p.dim,
-            None,
-        );
+        let reference = full_reference(&p, &loss.kind);
         let ranks = run_sharded::<f64>(&p, &config, 3, &p.weight).unwrap();
         for r in &ranks {
             assert!(

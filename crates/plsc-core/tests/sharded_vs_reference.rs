@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use plsc_core::reference::head_reference;
 use plsc_core::{HeadConfig, LossConfig, LossKind, MarginParams};
 
 fn losses() -> Vec<(&'static str, LossConfig)> {
@@ -50,16 +49,7 @@ fn check(
         .with_loss(loss)
         .with_seed(3)
         .with_chunk_size(chunk);
-    let bias = (loss.kind == LossKind::Softmax).then(|| vec![0.0; p.classes]);
-    let reference = head_reference(
-        &loss.kind,
-        &p.features,
-        &p.labels,
-        &p.weight,
-        bias.as_deref(),
-        p.dim,
-        None,
-    );
+    let reference = full_reference(p, &loss.kind);
     let ranks = if f32_path {
         run_sharded::<f32>(p, &config, n, &p.weight)
     } else {

@@ -100,6 +100,23 @@ pub fn run_sharded<T: HeadFloat>(
     results.into_iter().collect()
 }
 
+/// The float64 reference over all classes of `p`, with the head's zero bias for plain softmax.
+pub fn full_reference(
+    p: &Problem,
+    kind: &plsc_core::LossKind,
+) -> plsc_core::reference::ReferenceOutput {
+    let bias = (*kind == plsc_core::LossKind::Softmax).then(|| vec![0.0; p.classes]);
+    plsc_core::reference::head_reference(
+        kind,
+        &p.features,
+        &p.labels,
+        &p.weight,
+        bias.as_deref(),
+        p.dim,
+        None,
+    )
+}
+
 pub fn concat(parts: impl Iterator<Item = Vec<f64>>) -> Vec<f64> {
     parts.flatten().collect()
 }
