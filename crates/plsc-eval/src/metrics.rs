@@ -7,7 +7,8 @@
 //! * Accuracy (`calculate_roc`): on the training pairs of each fold, the accuracy of
 //!   "same if distance < t" for every threshold `t` in `np.arange(0, 4, 0.01)`; the best threshold
 //!   is the *first* maximum (`np.argmax`); the fold's accuracy is measured with it on the test
-//!   pairs. TPR and FPR of every threshold on the test pairs, averaged over folds, make the ROC.
+//!   pairs. TPR and FPR of every threshold on the test pairs, averaged over folds, make the ROC;
+//!   its area ([`trapezoid_auc`]) is reported with it.
 //! * TAR at FAR (`calculate_val`): on the training pairs, the FAR of every threshold in
 //!   `np.arange(0, 4, 0.001)`; if the largest FAR reaches the target, the threshold is
 //!   `interp1d(far_train, thresholds, kind='slinear')(far_target)` (see
@@ -49,7 +50,8 @@ impl Default for VerifyConfig {
     }
 }
 
-/// ROC data: TPR and FPR of each threshold on the test folds, averaged over folds.
+/// ROC data: TPR and FPR of each threshold on the test folds, averaged over folds (InsightFace's
+/// `calculate_roc`), and the area under that curve. With one fold, the test pairs are all pairs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Roc {
     /// The thresholds, `np.arange(0, 4, 0.01)`.
@@ -58,6 +60,25 @@ pub struct Roc {
     pub tpr: Vec<f64>,
     /// False positive rate per threshold.
     pub fpr: Vec<f64>,
+    /// Area under the curve ([`trapezoid_auc`] of `fpr`, `tpr`).
+    pub auc: f64,
+}
+
+/// Area under an ROC curve by the trapezoidal rule (scikit-learn's `auc`) over the points
+/// `(fpr[i], tpr[i])` sorted by FPR (then TPR), closed by `(0, 0)` ("accept nothing") at the
+/// start and `(1, 1)` ("accept everything") at the end, so that a curve sampled on a threshold
+/// grid that stops short of the largest distance still spans the whole FPR axis.
+/// Pairs beyond the shorter slice are ignored; with no points the area is 0.5 (the diagonal).
+pub fn trapezoid_auc(fpr: &[f64], tpr: &[f64]) -> f64 {
+    let mut points: Vec<(f64, f64)> = fpr.iter().copied().zip(tpr.iter().copied()).collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let mut area = 0.0;
+    let mut prev = (0.0, 0.0);
+    for &p in points.iter().chain(std::iter::once(&(1.0, 1.0))) {
+        area += (p.0 - prev.0) * (p.1 + prev.1) / 2.0;
+        prev = p;
+    }
+    area
 }
 
 /// The metrics of one pair set.
@@ -260,6 +281,7 @@ pub fn evaluate(
         far_mean: np_mean(&val.far),
         tar_thresholds: val.thresholds,
         roc: Roc {
+            auc: trapezoid_auc(&roc.fpr, &roc.tpr),
             thresholds: roc_thresholds,
             tpr: roc.tpr,
             fpr: roc.fpr,

@@ -1,6 +1,6 @@
 //! Verification metrics against hand-computed values and against InsightFace's NumPy code.
 
-use plsc_eval::metrics::{first_argmax, kfold_ranges};
+use plsc_eval::metrics::{first_argmax, kfold_ranges, trapezoid_auc};
 use plsc_eval::{EvalError, VerifyConfig, verify_embeddings};
 
 /// Two rows whose normalised squared distance is `d`: (1, 0) and (cos t, sin t) with
@@ -82,9 +82,76 @@ fn hand_made_pairs_give_the_hand_computed_figures() {
     assert!((m.roc.tpr[101] - 0.9).abs() < 1e-12);
     assert!((m.roc.fpr[101] - 0.1).abs() < 1e-12);
     assert_eq!(m.roc.thresholds.len(), 400);
+    // The averaged curve, by hand: (0, 0) up to t = 0.50; (0, 0.9) for 0.51..=1.00; (0.1, 0.9)
+    // for 1.01..=1.50; (0.1, 1) for 1.51..=2.50; (1, 1) from 2.51. Area: 0.1 x 0.9 + 0.9 x 1
+    // = 0.99, which is also the share of (same, different) pairs ordered right: 99 of 100.
+    assert!((m.roc.auc - 0.99).abs() < 1e-12, "auc {}", m.roc.auc);
 
     // XNorm: rows alternate norms 2 and 4.
     assert!((v.xnorm - 3.0).abs() < 1e-6, "xnorm {}", v.xnorm);
+}
+
+/// With one fold, the ROC is the curve over all pairs: each point worked out by hand.
+#[test]
+fn one_fold_roc_is_the_curve_over_all_pairs() {
+    // Same pairs at 0.3055 and 1.2055, different pairs at 0.8055, 2.1055 and 3.5055.
+    let dists = [
+        (0.3055, true),
+        (0.8055, false),
+        (1.2055, true),
+        (2.1055, false),
+        (3.5055, false),
+    ];
+    let rows: Vec<f32> = dists.iter().flat_map(|&(d, _)| pair_at(d)).collect();
+    let issame: Vec<bool> = dists.iter().map(|&(_, s)| s).collect();
+    let config = VerifyConfig {
+        folds: 1,
+        ..VerifyConfig::default()
+    };
+    let roc = verify_embeddings(&rows, 2, &issame, &config, "tiny")
+        .unwrap()
+        .metrics
+        .roc;
+    assert_eq!(roc.thresholds.len(), 400);
+    assert_eq!((roc.tpr.len(), roc.fpr.len()), (400, 400));
+    // "Same" means distance < t. Index i is t = i / 100.
+    // (first index, last index, TPR, FPR)
+    let pieces = [
+        (0, 30, 0.0, 0.0),          // t <= 0.30: nothing accepted
+        (31, 80, 0.5, 0.0),         // 0.31..=0.80: the 0.3055 same pair
+        (81, 120, 0.5, 1.0 / 3.0),  // 0.81..=1.20: + the 0.8055 different pair
+        (121, 210, 1.0, 1.0 / 3.0), // 1.21..=2.10: + the 1.2055 same pair
+        (211, 350, 1.0, 2.0 / 3.0), // 2.11..=3.50: + the 2.1055 different pair
+        (351, 399, 1.0, 1.0),       // 3.51..=3.99: everything
+    ];
+    for (first, last, tpr, fpr) in pieces {
+        for i in first..=last {
+            assert!(
+                (roc.tpr[i] - tpr).abs() < 1e-12 && (roc.fpr[i] - fpr).abs() < 1e-12,
+                "t = {}: (tpr, fpr) = ({}, {}), want ({tpr}, {fpr})",
+                roc.thresholds[i],
+                roc.tpr[i],
+                roc.fpr[i]
+            );
+        }
+    }
+    // Area: 1/3 x 0.5 (FPR 0 -> 1/3 at TPR 0.5) + 2/3 x 1 (FPR 1/3 -> 1 at TPR 1) = 5/6, the
+    // share of (same, different) pairs in the right order: 0.3055 beats all 3, 1.2055 beats 2.
+    assert!((roc.auc - 5.0 / 6.0).abs() < 1e-12, "auc {}", roc.auc);
+}
+
+#[test]
+fn auc_of_perfect_reversed_and_chance_curves() {
+    // Perfect: straight up to TPR 1 at FPR 0.
+    assert_eq!(trapezoid_auc(&[0.0, 0.0, 1.0], &[0.0, 1.0, 1.0]), 1.0);
+    // Reversed: every different pair first, then the same ones.
+    assert_eq!(trapezoid_auc(&[0.0, 1.0, 1.0], &[0.0, 0.0, 1.0]), 0.0);
+    // Chance: the diagonal, given out of order (sorted by FPR first).
+    assert_eq!(trapezoid_auc(&[0.5, 0.25, 0.75], &[0.5, 0.25, 0.75]), 0.5);
+    // One point (0.5, 1) closed by (0, 0) and (1, 1): 0.5 x 0.5 + 0.5 x 1 = 0.75.
+    assert_eq!(trapezoid_auc(&[0.5], &[1.0]), 0.75);
+    // No points: the diagonal from the closing ends.
+    assert_eq!(trapezoid_auc(&[], &[]), 0.5);
 }
 
 #[test]
