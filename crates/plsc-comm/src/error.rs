@@ -68,4 +68,63 @@ pub enum CommError {
         op: &'static str,
         detail: String,
     },
+    /// A launcher environment variable is missing, malformed or inconsistent with the others.
+    #[error("environment variable {var}: {detail}")]
+    Env { var: String, detail: String },
+    /// Rendezvous: a rank announced a different world size than the master expects.
+    #[error(
+        "rank {rank}: rendezvous: rank {peer} announced world size {theirs} but the master \
+         (rank 0) expects {expected}"
+    )]
+    WrongWorldSize {
+        rank: usize,
+        peer: usize,
+        theirs: usize,
+        expected: usize,
+    },
+    /// Rendezvous: two processes announced the same rank (or a rank outside the world).
+    #[error("rank {rank}: rendezvous: rank {peer} joined twice (world size {world})")]
+    DuplicateRank {
+        rank: usize,
+        peer: usize,
+        world: usize,
+    },
+    /// Rendezvous: a process announced a rank that does not exist in the world.
+    #[error("rank {rank}: rendezvous: a process announced rank {peer}, outside world size {world}")]
+    RankOutOfRange {
+        rank: usize,
+        peer: usize,
+        world: usize,
+    },
+    /// Rendezvous: the master (rank 0) could not be reached before the timeout.
+    #[error(
+        "rank {rank}: rendezvous: master {addr} unreachable for {waited_ms} ms (last error: {last_error})"
+    )]
+    MasterUnreachable {
+        rank: usize,
+        addr: String,
+        waited_ms: u128,
+        last_error: String,
+    },
+    /// Rendezvous: the two sides speak different protocol versions.
+    #[error(
+        "rank {rank}: rendezvous: protocol version {ours} here but {theirs} on rank {peer} \
+         (mixed plsc-rs builds?)"
+    )]
+    VersionMismatch {
+        rank: usize,
+        peer: usize,
+        ours: u32,
+        theirs: u32,
+    },
+    /// Rendezvous or a TCP collective: another rank failed and the master aborted the group.
+    #[error("rank {rank}: {op}: aborted by the master: {cause}")]
+    Aborted {
+        rank: usize,
+        op: &'static str,
+        cause: String,
+    },
+    /// A backend was asked for that this build does not contain, or that does not exist.
+    #[error("backend {backend:?}: {detail}")]
+    BackendUnavailable { backend: String, detail: String },
 }

@@ -4,6 +4,12 @@
 //! In the flow: **`comm`** <- `core` (the head's all-gather / all-reduce / reduce-scatter) and
 //! `train` (gradient all-reduce). Backends over NCCL and MPI implement the same trait.
 //!
+//! Across processes: [`env::RankEnv::from_env`] reads the launcher's variables,
+//! [`rendezvous::Rendezvous`] meets the world over TCP (and hands out a bootstrap blob such as
+//! the NCCL unique id), [`backend::connect`] builds the communicator a backend name asks for
+//! (`mpi::MpiComm` under feature `mpi`), and [`testing::collective_suite`] checks any
+//! communicator against a serial reference.
+//!
 //! - [`Communicator`] works on host slices ([`HostSlice`], typed through [`CommExt`]);
 //!   [`tensor::TensorComm`] takes burn tensors and is where device backends plug in.
 //! - [`ThreadGroup`] / [`run_ranks`]: one [`ThreadComm`] per rank thread. Reductions fold the
@@ -11,10 +17,18 @@
 //!   that panics or leaves, mismatched calls, the optional timeout) is a [`CommError`] on every
 //!   rank, never a hang.
 
+pub mod backend;
 mod communicator;
+#[cfg(any(feature = "mpi", test))]
+mod desc_codec;
 mod element;
+pub mod env;
 mod error;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+pub mod rendezvous;
 pub mod tensor;
+pub mod testing;
 mod thread_group;
 
 pub use communicator::{CommExt, Communicator, ReduceOp};

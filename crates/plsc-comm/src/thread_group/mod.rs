@@ -15,12 +15,12 @@
 //! Reductions fold the ranks in order 0, 1, ..., N-1 and each element is computed by exactly
 //! one rank, so results are bitwise identical on every rank and independent of timing.
 
-mod desc;
+pub(crate) mod desc;
 mod inner_barrier;
 mod kernels;
 mod rendezvous;
 mod run;
-mod validate;
+pub(crate) mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
