@@ -4,3 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo check -p xtask --features cuda
+# The NCCL backend of plsc-comm (cudarc, the version burn-cuda links; NCCL loaded at run time).
+cargo check -p plsc-comm --features nccl

@@ -127,4 +127,30 @@ pub enum CommError {
     /// A backend was asked for that this build does not contain, or that does not exist.
     #[error("backend {backend:?}: {detail}")]
     BackendUnavailable { backend: String, detail: String },
+    /// A shared library that a backend loads at run time (the CUDA driver, NCCL) is not on the
+    /// library path.
+    #[error(
+        "rank {rank}: the {library} library could not be loaded (searched {searched:?}): {hint}"
+    )]
+    LibraryMissing {
+        rank: usize,
+        library: &'static str,
+        searched: Vec<String>,
+        hint: String,
+    },
+    /// An NCCL unique id of the wrong size (it is the 128 bytes that `NcclComm::unique_id`
+    /// made on rank 0).
+    #[error("rank {rank}: NCCL unique id has {len} bytes, expected {expected}")]
+    BadUniqueId {
+        rank: usize,
+        len: usize,
+        expected: usize,
+    },
+    /// A GPU ordinal this machine does not have.
+    #[error("rank {rank}: CUDA device {device} does not exist (this machine has {count})")]
+    BadDevice {
+        rank: usize,
+        device: usize,
+        count: usize,
+    },
 }

@@ -26,6 +26,8 @@ pub mod env;
 mod error;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod rendezvous;
 pub mod tensor;
 pub mod testing;
