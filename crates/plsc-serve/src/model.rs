@@ -1,0 +1,286 @@
+//! The served model: an export of plsc-ckpt loaded onto the CPU backend, its input
+//! preprocessing, and the batched forward pass the workers run.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use plsc_data::decode::ImageSpec;
+use plsc_models::{Backbone, BackboneConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ServeError};
+
+/// The backend the server runs on (CPU, no autodiff: BatchNorm uses its running statistics).
+pub type ServeBackend = Flex;
+
+/// What `GET /v1/model` answers: the model's description from `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Registry name of the backbone (`iresnet50`, `iresnet_tiny`, ...).
+    pub architecture: String,
+    /// Embedding size `D`.
+    pub embedding_size: usize,
+    /// Input height and width in pixels; images of other sizes are resized to it.
+    pub input_size: usize,
+    /// Input channels (3 RGB, 1 grayscale); images are converted to it.
+    pub in_channels: usize,
+    /// Per-channel mean subtracted from 0..255 pixel values.
+    pub mean: Vec<f32>,
+    /// Per-channel divisor applied after the mean.
+    pub std: Vec<f32>,
+    /// The training step the model was exported at.
+    pub source_step: u64,
+    /// Number of parameters.
+    pub parameters: usize,
+}
+
+/// A loaded model: the backbone, its input preprocessing and its description.
+#[derive(Debug)]
+pub struct ServeModel {
+    backbone: Backbone<ServeBackend>,
+    image: ImageSpec,
+    info: ModelInfo,
+    source: PathBuf,
+}
+
+impl ServeModel {
+    /// Loads an exported model directory (`model.json` + `backbone.safetensors`, as
+    /// `cargo xtask export` writes it); sizes and checksum are verified by plsc-ckpt.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let exported = plsc_ckpt::load_exported(dir).map_err(|source| ServeError::LoadModel {
+            dir: dir.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        let spec = &exported.spec;
+        let config = BackboneConfig::new(spec.architecture.clone())
+            .with_embedding_size(spec.embedding_size)
+            .with_in_channels(spec.in_channels)
+            .with_input_size(spec.input_size);
+        let model_err = |context: String| {
+            move |source| ServeError::Model {
+                context: context.clone(),
+                source: Box::new(source),
+            }
+        };
+        let device = Default::default();
+        let backbone: Backbone<ServeBackend> = config
+            .init(&device)
+            .map_err(model_err(format!("building {}", spec.architecture)))?;
+        let tensors: Vec<plsc_models::NamedTensor> = exported
+            .tensors
+            .into_iter()
+            .map(|t| plsc_models::NamedTensor {
+                entry: plsc_models::StateEntry {
+                    name: t.name,
+                    shape: t.shape,
+                    kind: match t.kind {
+                        plsc_ckpt::TensorKind::Buffer => plsc_models::EntryKind::Buffer,
+                        plsc_ckpt::TensorKind::FrozenParam => plsc_models::EntryKind::FrozenParam,
+                        _ => plsc_models::EntryKind::Param,
+                    },
+                },
+                values: t.values,
+            })
+            .collect();
+        let label = dir
+            .join(plsc_ckpt::manifest::BACKBONE_FILE)
+            .display()
+            .to_string();
+        let bytes = plsc_models::state::to_safetensors_bytes(&tensors, &label)
+            .map_err(model_err(format!("reading {label}")))?;
+        let backbone = backbone
+            .load_safetensors_bytes(&bytes, &label)
+            .map_err(model_err(format!("loading {label}")))?;
+        let image = image_spec(spec.input_size, spec.in_channels, &spec.mean, &spec.std)
+            .map_err(|detail| ServeError::Config(format!("{}: {detail}", dir.display())))?;
+        let info = ModelInfo {
+            architecture: spec.architecture.clone(),
+            embedding_size: spec.embedding_size,
+            input_size: spec.input_size,
+            in_channels: spec.in_channels,
+            mean: spec.mean.clone(),
+            std: spec.std.clone(),
+            source_step: exported.source_step,
+            parameters: backbone.param_count(),
+        };
+        tracing::info!(model = %dir.display(), architecture = %info.architecture,
+            embedding_size = info.embedding_size, "loaded model");
+        Ok(Self {
+            backbone,
+            image,
+            info,
+            source: dir.to_path_buf(),
+        })
+    }
+
+    /// The model's description.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The preprocessing of every image: size, channels, normalisation (as in training).
+    pub fn image_spec(&self) -> &ImageSpec {
+        &self.image
+    }
+
+    /// The directory it was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// An independent copy of the model for another worker thread.
+    pub(crate) fn replica(&self) -> Backbone<ServeBackend> {
+        self.backbone.fresh_replica()
+    }
+
+    /// The backbone itself (for callers that want to run it outside the server).
+    pub fn backbone(&self) -> &Backbone<ServeBackend> {
+        &self.backbone
+    }
+}
+
+/// The preprocessing of a model with these input settings: the mean and std lists hold one
+/// value for all channels or one per channel (`model.json` writes one per channel).
+pub fn image_spec(
+    input_size: usize,
+    channels: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> std::result::Result<ImageSpec, String> {
+    if channels != 1 && channels != 3 {
+        return Err(format!("in_channels must be 1 or 3, not {channels}"));
+    }
+    let side =
+        u32::try_from(input_size).map_err(|_| format!("input_size {input_size} is too large"))?;
+    let per_channel = |v: &[f32], what: &str| -> std::result::Result<[f32; 3], String> {
+        match v.len() {
+            1 => Ok([v[0]; 3]),
+            n if n == channels || n == 3 => Ok([v[0], v[1.min(n - 1)], v[2.min(n - 1)]]),
+            n => Err(format!(
+                "{what} has {n} values for {channels} channels (1 or {channels} expected)"
+            )),
+        }
+    };
+    Ok(ImageSpec {
+        height: side,
+        width: side,
+        channels,
+        mean: per_channel(mean, "mean")?,
+        std: per_channel(std, "std")?,
+    })
+}
+
+/// Runs `backbone` on `n` preprocessed images (`images` holds `n` CHW images in a row) and
+/// returns `n * D` values, one embedding per image, in order.
+pub(crate) fn forward(
+    backbone: &Backbone<ServeBackend>,
+    spec: &ImageSpec,
+    images: Vec<f32>,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let shape = [n, spec.channels, spec.height as usize, spec.width as usize];
+    let device = Default::default();
+    let x = Tensor::<ServeBackend, 4>::from_data(TensorData::new(images, shape), &device);
+    let y = backbone
+        .try_forward(x)
+        .map_err(|source| ServeError::Model {
+            context: "forward".into(),
+            source: Box::new(source),
+        })?;
+    y.into_data()
+        .into_vec::<f32>()
+        .map_err(|e| ServeError::Inference(format!("reading the embeddings: {e:?}")))
+}
+
+/// Writes `backbone` as an exported model directory (`backbone.safetensors` with the tensor
+/// roles in its header, and `model.json`), the layout `plsc_ckpt::export` writes from a
+/// checkpoint, for a model that never had one (a freshly built or converted backbone, tests,
+/// benchmarks). `mean` and `std` are the input normalisation (one value per channel, or one
+/// for all). Written under a temporary name next to `dir`, then renamed; `dir` must not exist.
+pub fn write_model_dir<B: burn::tensor::backend::Backend>(
+    backbone: &Backbone<B>,
+    architecture: &str,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    source_step: u64,
+    dir: &Path,
+) -> Result<()> {
+    use sha2::Digest;
+    let io = |context: &'static str, path: &Path| {
+        let addr = path.display().to_string();
+        move |source| ServeError::Io {
+            context,
+            addr,
+            source,
+        }
+    };
+    let tensors = backbone.state_tensors();
+    let kinds: std::collections::BTreeMap<&str, &str> = tensors
+        .iter()
+        .map(|t| {
+            let kind = match t.entry.kind {
+                plsc_models::EntryKind::Param => "param",
+                plsc_models::EntryKind::FrozenParam => "frozen_param",
+                plsc_models::EntryKind::Buffer => "buffer",
+            };
+            (t.entry.name.as_str(), kind)
+        })
+        .collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.entry.shape.clone(), b)
+                .map(|v| (t.entry.name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Inference(format!("serialising the backbone: {e}")))?;
+    let metadata = std::collections::HashMap::from([(
+        "plsc_kinds".to_string(),
+        serde_json::to_string(&kinds).unwrap_or_default(),
+    )]);
+    let st = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| ServeError::Inference(format!("serialising the backbone: {e}")))?;
+    let json = plsc_ckpt::ModelJson {
+        format: plsc_ckpt::export::EXPORT_FORMAT.into(),
+        format_version: plsc_ckpt::export::EXPORT_VERSION,
+        spec: plsc_ckpt::ModelSpec {
+            architecture: architecture.to_string(),
+            embedding_size: backbone.embedding_size,
+            input_size: backbone.input_size,
+            in_channels: backbone.in_channels,
+            mean,
+            std,
+        },
+        weights: plsc_ckpt::manifest::BACKBONE_FILE.into(),
+        weights_bytes: st.len() as u64,
+        weights_sha256: sha2::Sha256::digest(&st)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        source_step,
+    };
+    let text = serde_json::to_vec_pretty(&json)
+        .map_err(|e| ServeError::Inference(format!("writing model.json: {e}")))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(io("creating", &tmp))?;
+    let weights = tmp.join(plsc_ckpt::manifest::BACKBONE_FILE);
+    std::fs::write(&weights, &st).map_err(io("writing", &weights))?;
+    let json_path = tmp.join(plsc_ckpt::export::MODEL_JSON);
+    std::fs::write(&json_path, text).map_err(io("writing", &json_path))?;
+    std::fs::rename(&tmp, dir).map_err(io("renaming to", dir))?;
+    Ok(())
+}
