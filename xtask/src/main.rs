@@ -9,6 +9,7 @@ mod data;
 mod eval;
 mod head_check;
 mod import_idx;
+mod launch;
 mod machine;
 mod reshard;
 mod train;
@@ -43,6 +44,14 @@ enum Command {
     /// (--embeddings, --issame), or an exported model and InsightFace .bin pair sets (--model,
     /// --bin), embedding every image and its mirror image (the flip test).
     Eval(eval::EvalArgs),
+    /// Start one process per rank on this node (torchrun style): rank layout in the
+    /// environment, output prefixed with `[rank r]`, signals forwarded, and when one rank fails
+    /// the others are stopped and launch exits non-zero. Example:
+    /// `cargo xtask launch --nproc-per-node 2 --backend mpi -- train`.
+    Launch(launch::LaunchArgs),
+    /// Test helper of `launch`: prints its rank environment, sleeps, maybe fails.
+    #[command(hide = true)]
+    LaunchProbe(launch::ProbeArgs),
     /// Reshard a checkpoint to another rank count (head rows bit for bit, streamed from mmaps).
     Reshard(reshard::ReshardArgs),
     /// Export a checkpoint's backbone for inference: backbone.safetensors + model.json.
@@ -69,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::HeadCheck(args) => head_check::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Launch(args) => launch::run(args),
+        Command::LaunchProbe(args) => launch::probe(args),
         Command::Reshard(args) => reshard::run_reshard(args),
         Command::Export(args) => reshard::run_export(args),
         Command::Train(args) => train::run(args),
