@@ -10,6 +10,7 @@
 
 use burn::backend::Cuda;
 use burn::tensor::{DType as BurnDType, Int, Tensor, TensorData};
+use plsc_comm::env::RankEnv;
 use plsc_comm::nccl::{NcclComm, NcclOptions, Reduction, UNIQUE_ID_BYTES, library};
 use plsc_comm::tensor::TensorComm;
 use plsc_comm::{CommError, CommExt, Communicator, ReduceOp};
@@ -65,9 +66,25 @@ fn without_cuda_or_nccl_the_error_is_named_not_a_panic() {
         !gpu_required(),
         "PLSC_NCCL_REQUIRE_GPU is set but CUDA/NCCL is missing"
     );
+    // A launched rank fails before it tries to meet the others (no master is listening).
+    let vars = [
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "9"),
+    ];
+    let env = RankEnv::from_vars(|k| {
+        vars.iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
+    })
+    .unwrap()
+    .unwrap();
     for err in [
         NcclComm::unique_id().unwrap_err(),
         NcclComm::new(1, 2, &[7u8; UNIQUE_ID_BYTES], 0).unwrap_err(),
+        NcclComm::from_env(&env, NcclOptions::default()).unwrap_err(),
     ] {
         match &err {
             CommError::LibraryMissing { searched, hint, .. } => {

@@ -11,7 +11,8 @@
 //! Rank 0 calls [`NcclComm::unique_id`] and sends the 128 bytes to every rank (the launcher's
 //! rendezvous carries them); every rank then calls
 //! [`NcclComm::new(rank, world, &id, device)`](NcclComm::new), which returns once all ranks
-//! have joined. NCCL does not put two ranks of one communicator on the same GPU.
+//! have joined. [`NcclComm::from_env`] does all of it for a launched process (GPU = local
+//! rank). NCCL does not put two ranks of one communicator on the same GPU.
 //!
 //! # Three ways in
 //! - **Host slices** ([`Communicator`](crate::Communicator), what the head and training call
@@ -48,6 +49,7 @@
 //! peer process that dies can still block NCCL inside its first connection set-up; the
 //! launcher, which stops every rank when one fails, is the outer guarantee.
 
+mod bootstrap;
 mod comm;
 mod device;
 mod dtype;
