@@ -34,6 +34,11 @@ pub struct HeadArgs {
     /// Loss name (any of the head's names).
     #[arg(long, default_value = "dist_arcface")]
     loss: String,
+    /// `cpu`: the head's CPU kernel (`ShardedHead`). `cuda`: the burn path
+    /// (`plsc_core::burn_path::burn_head_step`) on burn-cuda, GPU 0; needs xtask built with
+    /// `--features cuda` (the memory budget of a case is not used there).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    backend: String,
 }
 
 #[derive(Serialize)]
@@ -255,6 +260,9 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
 }
 
 pub fn run(args: HeadArgs) -> anyhow::Result<()> {
+    if args.backend == "cuda" {
+        return cuda::run(&args);
+    }
     let mut cases = Vec::new();
     for spec in &args.cases {
         cases.push(run_case(&args, spec)?);
@@ -271,4 +279,115 @@ pub fn run(args: HeadArgs) -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// `--backend cuda`: the burn path of the head on burn-cuda (one rank, GPU 0).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{HeadArgs, median};
+    use crate::machine::machine_info;
+    use burn::backend::Cuda;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Distribution, Tensor};
+    use plsc_comm::ThreadGroup;
+    use plsc_core::burn_path::burn_head_step;
+    use plsc_core::{ClassShard, HeadConfig, LossConfig};
+    use rand::{Rng, SeedableRng};
+    use std::time::Instant;
+
+    fn sync(device: &<Cuda as burn::tensor::backend::BackendTypes>::Device) -> anyhow::Result<()> {
+        <Cuda as Backend>::sync(device).map_err(|e| anyhow::anyhow!("burn-cuda: {e:?}"))
+    }
+
+    pub fn run(args: &HeadArgs) -> anyhow::Result<()> {
+        let device = Default::default();
+        let comm = ThreadGroup::new(1).pop().expect("one communicator");
+        let loss: LossConfig = args.loss.parse()?;
+        let mut cases = Vec::new();
+        for spec in &args.cases {
+            let parts: Vec<&str> = spec.split(':').collect();
+            anyhow::ensure!(
+                parts.len() == 3,
+                "case `{spec}` must be classes:ratio:budget_mib"
+            );
+            let (classes, ratio): (usize, f64) = (parts[0].parse()?, parts[1].parse()?);
+            let config = HeadConfig::new(classes, args.dim)
+                .with_loss(loss)
+                .with_sample_ratio(ratio)
+                .with_seed(1);
+            let shard = ClassShard::for_rank(classes, 1, 0)?;
+            let weight = Tensor::<Cuda, 2>::random(
+                [classes, args.dim],
+                Distribution::Normal(0.0, 0.01),
+                &device,
+            );
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let (mut times, mut losses) = (Vec::new(), Vec::new());
+            for step in 0..=args.iters {
+                let x = Tensor::<Cuda, 2>::random(
+                    [args.batch, args.dim],
+                    Distribution::Uniform(-1.0, 1.0),
+                    &device,
+                );
+                let labels: Vec<i64> = (0..args.batch)
+                    .map(|_| rng.random_range(0..classes as i64))
+                    .collect();
+                sync(&device)?;
+                let t = Instant::now();
+                let out = burn_head_step(
+                    &comm,
+                    &config,
+                    shard,
+                    weight.clone(),
+                    None,
+                    x,
+                    &labels,
+                    step as u64,
+                )?;
+                sync(&device)?;
+                let dt = t.elapsed().as_secs_f64();
+                // The first step compiles the kernels (NVRTC) and warms the allocator.
+                if step > 0 {
+                    times.push(dt);
+                }
+                losses.push(out.loss);
+                tracing::info!(classes, step, seconds = dt, loss = out.loss, "cuda step");
+            }
+            let step_median = median(&times);
+            // Forward logits, recomputed logits, dW and dX: 8 B D K, with K the sampled
+            // classes (at least the batch's positives; estimated as ratio x C).
+            let k = (classes as f64 * ratio).max(args.batch.min(classes) as f64);
+            let flops = 8.0 * (args.batch * args.dim) as f64 * k;
+            cases.push(serde_json::json!({
+                "classes": classes,
+                "sample_ratio": ratio,
+                "step_seconds_median": step_median,
+                "step_seconds_all": times,
+                "gemm_flops_per_step_estimate": flops,
+                "achieved_gflops": flops / step_median / 1e9,
+                "loss_first": losses[0],
+                "loss_last": losses.last().copied().unwrap_or(f64::NAN),
+            }));
+        }
+        let report = serde_json::json!({
+            "bench": "head",
+            "backend": "cuda",
+            "path": "burn_path::burn_head_step (one chunk)",
+            "batch": args.batch,
+            "dim": args.dim,
+            "loss": args.loss,
+            "ranks": 1,
+            "cases": cases,
+            "machine": machine_info(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    pub fn run(_: &super::HeadArgs) -> anyhow::Result<()> {
+        anyhow::bail!("`bench head --backend cuda` needs xtask built with `--features cuda`")
+    }
 }

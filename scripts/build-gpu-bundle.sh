@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds, on a machine without CUDA, everything scripts/gpu-check.sh runs on a GPU machine
+# without Rust, into one folder (default target/gpu-bundle) that a later session carries:
+#
+#   xtask                   `cargo build -p xtask --features cuda,nccl` (bench head --backend cuda)
+#   plsc-comm-lib-tests     plsc-comm's unit tests with feature `nccl`
+#   plsc-comm-nccl-tests    crates/plsc-comm/tests/nccl.rs (the collective suite at world 1)
+#   gpu-check.sh            the script that runs them
+#   MANIFEST.txt            commit, date, sizes, sha256
+#
+# The binaries are stripped of debug info so the folder stays under 64 MiB (the carry limit).
+# Uses the dev profile (the dependencies are optimised there) and cargo's target dir
+# (CARGO_TARGET_DIR is honoured).
+#
+#   scripts/build-gpu-bundle.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-target/gpu-bundle}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+MSGS=$(mktemp)
+trap 'rm -f "$MSGS"' EXIT
+echo "== building xtask (features cuda, nccl)"
+cargo build -p xtask --features cuda,nccl --message-format=json-render-diagnostics >"$MSGS"
+echo "== building plsc-comm tests (feature nccl)"
+cargo test -p plsc-comm --features nccl --lib --test nccl --no-run \
+    --message-format=json-render-diagnostics >>"$MSGS"
+
+# The executable of a target from cargo's JSON messages: kind (bin|lib|test), name, test (1|0).
+exe_of() {
+    python3 -c '
+import json, sys
+path, kind, name, test = sys.argv[1:5]
+for line in open(path):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    t = m.get("target", {})
+    if (m.get("reason") == "compiler-artifact" and m.get("executable")
+            and bool(m.get("profile", {}).get("test")) == (test == "1")
+            and kind in t.get("kind", []) and t.get("name") == name):
+        print(m["executable"])
+' "$MSGS" "$1" "$2" "$3" | tail -1
+}
+XTASK_EXE=$(exe_of bin xtask 0)
+LIB_EXE=$(exe_of lib plsc_comm 1)
+NCCL_EXE=$(exe_of test nccl 1)
+if [[ -z "$XTASK_EXE" || -z "$LIB_EXE" || -z "$NCCL_EXE" ]]; then
+    echo "executables not found in cargo's output" >&2
+    exit 1
+fi
+
+copy() { # src dst: copy to a temp name, strip debug info, rename
+    cp "$1" "$2.tmp"
+    strip --strip-debug "$2.tmp" 2>/dev/null || objcopy --strip-debug "$2.tmp" 2>/dev/null || true
+    chmod +x "$2.tmp"
+    mv "$2.tmp" "$2"
+}
+copy "$XTASK_EXE" "$OUT/xtask"
+copy "$LIB_EXE" "$OUT/plsc-comm-lib-tests"
+copy "$NCCL_EXE" "$OUT/plsc-comm-nccl-tests"
+cp scripts/gpu-check.sh "$OUT/gpu-check.sh.tmp"
+chmod +x "$OUT/gpu-check.sh.tmp"
+mv "$OUT/gpu-check.sh.tmp" "$OUT/gpu-check.sh"
+
+{
+    commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+    dirty=$(git diff --quiet HEAD -- crates xtask scripts Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)')
+    echo "commit: $commit$dirty"
+    echo "built: $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(rustc --version)"
+    echo "cudarc: $(grep -A1 'name = "cudarc"' Cargo.lock | sed -n 's/version = //p' | tr -d '"')"
+    for f in xtask plsc-comm-lib-tests plsc-comm-nccl-tests gpu-check.sh; do
+        printf '%s  %s bytes  %s\n' "$f" "$(stat -c %s "$OUT/$f")" "$(sha256sum "$OUT/$f" | cut -d' ' -f1)"
+    done
+} >"$OUT/MANIFEST.txt.tmp"
+mv "$OUT/MANIFEST.txt.tmp" "$OUT/MANIFEST.txt"
+cat "$OUT/MANIFEST.txt"
+
+TOTAL=$(du -sb "$OUT" | cut -f1)
+echo "== $OUT: $TOTAL bytes"
+if ((TOTAL > 64 * 1024 * 1024)); then
+    echo "the bundle is over 64 MiB: it will not travel with a device call" >&2
+    exit 1
+fi
+echo "on the GPU machine: $OUT/gpu-check.sh (or, carried as target/gpu-bundle: target/gpu-bundle/gpu-check.sh)"
