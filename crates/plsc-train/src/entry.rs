@@ -140,6 +140,22 @@ pub struct Entry {
     /// Root of the checkpoints (plsc-ckpt's `step-<n>/` directories); the run directory's
     /// `checkpoints/` when unset. The run saves one at its end.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Save a checkpoint every this many steps (0: only at the end; the end always saves).
+    pub checkpoint_period: u64,
+    /// Keep this many newest checkpoints (0 keeps all).
+    pub keep_last: usize,
+    /// Continue from the newest valid checkpoint under `checkpoint_dir` (or, when that is
+    /// unset, under the newest run directory of `model_save_dir`, whose run then continues):
+    /// step, lr schedule position, loss scale, data stream position, backbone and head weights
+    /// and momentum. Starts from scratch, with a warning, when there is none yet.
+    pub resume: bool,
+    /// Fine-tune: take the backbone weights (and with `pretrained_head` the head rows) of this
+    /// checkpoint (a `step-<n>/` directory or a root of them), without momentum or step, on
+    /// any rank count.
+    pub pretrained: Option<PathBuf>,
+    /// With `pretrained`: also load the head rows (the class count and embedding size must
+    /// match; the rows are re-split for this run's rank count).
+    pub pretrained_head: bool,
     /// Verify during and after training.
     pub with_test: bool,
     /// Mixed precision: f16 head operands with dynamic loss scaling (see the crate docs for the
@@ -199,6 +215,11 @@ impl Default for Entry {
             calc_acc: false,
             model_save_dir: PathBuf::from("runs"),
             checkpoint_dir: None,
+            checkpoint_period: 0,
+            keep_last: plsc_ckpt::DEFAULT_KEEP_LAST,
+            resume: false,
+            pretrained: None,
+            pretrained_head: false,
             with_test: true,
             mixed_precision: false,
             loss_scale: LossScaleConfig::default(),
@@ -298,6 +319,21 @@ impl Entry {
         with_flip: flip: bool;
         /// Decoder threads per rank.
         with_data_threads: data_threads: usize;
+        /// Checkpoint every this many steps (0: at the end only).
+        with_checkpoint_period: checkpoint_period: u64;
+        /// Newest checkpoints kept (0: all).
+        with_keep_last: keep_last: usize;
+        /// Continue from the newest valid checkpoint.
+        with_resume: resume: bool;
+        /// With a pretrained checkpoint, load its head rows too.
+        with_pretrained_head: pretrained_head: bool;
+    }
+
+    /// Fine-tune from the weights of this checkpoint (directory or root).
+    #[must_use]
+    pub fn with_pretrained(mut self, dir: &Path) -> Self {
+        self.pretrained = Some(dir.to_path_buf());
+        self
     }
 
     /// Training length in steps instead of epochs.
@@ -473,6 +509,14 @@ impl Entry {
                 format!(
                     "needs init > 0, incr_ratio >= 1, 0 < decr_ratio < 1 and periods >= 1, got {ls:?}"
                 ),
+            );
+        }
+        if self.resume && self.pretrained.is_some() {
+            return bad(
+                "resume",
+                "resume continues a run, pretrained starts a new one from given weights: \
+                 set one of them"
+                    .into(),
             );
         }
         let loss = self.loss_config()?;

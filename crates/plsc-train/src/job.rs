@@ -3,6 +3,7 @@
 //! `metrics.jsonl`, `backbone.safetensors` and `summary.json`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
 use plsc_data::decode::ImageSpec;
@@ -15,7 +16,7 @@ use crate::entry::Entry;
 use crate::error::{Result, TrainError};
 use crate::model::TrainModel;
 use crate::run_dir::{JsonLines, create_run_dir, write_atomically};
-use crate::trainer::{BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Timings, train};
+use crate::trainer::{BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Start, Timings, train};
 
 /// The training backend on CPU.
 pub type CpuBackend = Autodiff<Flex>;
@@ -85,9 +86,15 @@ pub fn open_stream(entry: &Entry, rank: usize) -> Result<BatchStream> {
         .map_err(|source| TrainError::data(rank, source))
 }
 
-/// Rank `rank`'s batches from its stream, endless (epochs follow each other).
+/// Rank `rank`'s batches from its stream, endless (epochs follow each other), from the start
+/// of the data.
 pub fn stream_batches(stream: &BatchStream, rank: usize) -> BatchIter {
-    Box::new(stream.iter(Position::default(), None).map(move |b| {
+    stream_batches_from(stream, rank, Position::default())
+}
+
+/// Rank `rank`'s batches from `position` on (where a resumed run's data stood).
+pub fn stream_batches_from(stream: &BatchStream, rank: usize, position: Position) -> BatchIter {
+    Box::new(stream.iter(position, None).map(move |b| {
         b.map(|b| LocalBatch {
             images: b.images,
             labels: b.labels,
@@ -142,7 +149,119 @@ pub fn build_backbone(
         .map_err(|source| TrainError::model(0, source))
 }
 
-/// Trains `entry` on the CPU and writes a new run directory under `entry.model_save_dir`.
+/// How a run begins, from `resume` / `pretrained` in its settings.
+pub struct Beginning {
+    /// Where the weights come from.
+    pub start: Start,
+    /// Steps already done (the resumed checkpoint's step).
+    pub steps_done: u64,
+    /// The run directory to continue (resuming a run of `model_save_dir`).
+    pub run_dir: Option<PathBuf>,
+    /// The checkpoint root to use instead of the settings' (the continued run's).
+    pub checkpoint_root: Option<PathBuf>,
+}
+
+/// Finds what `entry` starts from: a fresh model, the newest valid checkpoint to resume (see
+/// [`Entry::resume`]), or pretrained weights.
+pub fn find_beginning(entry: &Entry) -> Result<Beginning> {
+    let ckpt_err = |source: plsc_ckpt::CkptError| TrainError::Checkpoint {
+        rank: 0,
+        source: Box::new(source),
+    };
+    let mut b = Beginning {
+        start: Start::Fresh,
+        steps_done: 0,
+        run_dir: None,
+        checkpoint_root: None,
+    };
+    if let Some(path) = &entry.pretrained {
+        let ckpt = plsc_ckpt::Checkpoint::open_dir_or_latest(path).map_err(ckpt_err)?;
+        ckpt.verify().map_err(ckpt_err)?;
+        tracing::info!(
+            checkpoint = %ckpt.dir().display(),
+            with_head = entry.pretrained_head,
+            "fine-tuning from pretrained weights"
+        );
+        b.start = Start::Pretrained {
+            checkpoint: Arc::new(ckpt),
+            with_head: entry.pretrained_head,
+        };
+        return Ok(b);
+    }
+    if !entry.resume {
+        return Ok(b);
+    }
+    let root = match &entry.checkpoint_dir {
+        Some(root) => {
+            // A run directory's own checkpoints: that run continues.
+            let parent = root.parent().filter(|p| p.join("config.toml").is_file());
+            if root.file_name().is_some_and(|n| n == "checkpoints") {
+                b.run_dir = parent.map(Path::to_path_buf);
+            }
+            root.clone()
+        }
+        None => match newest_run_with_checkpoints(&entry.model_save_dir)? {
+            Some(run) => {
+                b.run_dir = Some(run.clone());
+                b.checkpoint_root = Some(run.join("checkpoints"));
+                run.join("checkpoints")
+            }
+            None => {
+                tracing::warn!(
+                    dir = %entry.model_save_dir.display(),
+                    "resume: no run with checkpoints here; starting from scratch"
+                );
+                return Ok(b);
+            }
+        },
+    };
+    match plsc_ckpt::latest_valid(&root).map_err(ckpt_err)? {
+        Some(ckpt) => {
+            tracing::info!(checkpoint = %ckpt.dir().display(), step = ckpt.step(), "resuming");
+            b.steps_done = ckpt.step();
+            b.start = Start::Resume(Arc::new(ckpt));
+        }
+        None => tracing::warn!(
+            root = %root.display(),
+            "resume: no valid checkpoint yet; starting from scratch"
+        ),
+    }
+    Ok(b)
+}
+
+/// The newest run directory under `parent` (names are UTC stamps) holding a checkpoint.
+fn newest_run_with_checkpoints(parent: &Path) -> Result<Option<PathBuf>> {
+    let entries = match std::fs::read_dir(parent) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(TrainError::Io {
+                path: parent.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.toml").is_file())
+        .collect();
+    runs.sort();
+    for run in runs.into_iter().rev() {
+        let listed = plsc_ckpt::list_checkpoints(&run.join("checkpoints")).map_err(|source| {
+            TrainError::Checkpoint {
+                rank: 0,
+                source: Box::new(source),
+            }
+        })?;
+        if !listed.is_empty() {
+            return Ok(Some(run));
+        }
+    }
+    Ok(None)
+}
+
+/// Trains `entry` on the CPU and writes a new run directory under `entry.model_save_dir` (or,
+/// resuming, continues the run directory of the checkpoint).
 pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
     entry.validate()?;
     let device = Default::default();
@@ -160,17 +279,30 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
             ),
         });
     }
-    let plan = Plan::new(entry, spe);
+    let beginning = find_beginning(entry)?;
+    let mut plan = Plan::new(entry, spe).starting_at(beginning.steps_done);
+    plan.data_steps_per_epoch = streams[0].steps_per_epoch().max(1);
     let val_sets = load_val_sets(entry)?;
     let backbone = build_backbone(entry, &device)?;
 
-    let run_dir = create_run_dir(&entry.model_save_dir)?;
+    let (run_dir, metrics_out) = match &beginning.run_dir {
+        Some(dir) => {
+            let m = JsonLines::continue_after(&dir.join("metrics.jsonl"), plan.start_step)?;
+            (dir.clone(), m)
+        }
+        None => {
+            let dir = create_run_dir(&entry.model_save_dir)?;
+            let m = JsonLines::create(&dir.join("metrics.jsonl"))?;
+            (dir, m)
+        }
+    };
     let config = run_dir.join("config.toml");
     entry.save(&config)?;
     let metrics = run_dir.join("metrics.jsonl");
     tracing::info!(
         run_dir = %run_dir.display(),
         steps = plan.total_steps,
+        from_step = plan.start_step,
         steps_per_epoch = plan.steps_per_epoch,
         global_batch = entry.global_batch(),
         lr = entry.scaled_lr(),
@@ -179,13 +311,14 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         entry.loss,
         entry.ranks
     );
-    let checkpoints = entry
-        .checkpoint_dir
+    let checkpoints = beginning
+        .checkpoint_root
         .clone()
+        .or_else(|| entry.checkpoint_dir.clone())
         .unwrap_or_else(|| run_dir.join("checkpoints"));
     let spec = stream_config(entry, 0).spec;
     let outputs = Outputs {
-        metrics: Some(JsonLines::create(&metrics)?),
+        metrics: Some(metrics_out),
         progress,
         val_sets,
         checkpoint: Some((
@@ -199,13 +332,24 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
                 std: spec.std[..entry.in_channels.min(3)].to_vec(),
             },
         )),
+        start: beginning.start,
     };
     let outcome = train::<CpuBackend, _, _>(
         entry,
         &backbone,
         &device,
         plan,
-        |rank| Ok(stream_batches(&streams[rank], rank)),
+        |rank| {
+            let position = plan.data_position(plan.start_step);
+            Ok(stream_batches_from(
+                &streams[rank],
+                rank,
+                Position {
+                    epoch: position.epoch,
+                    step: position.step,
+                },
+            ))
+        },
         outputs,
     )?;
     let backbone_path = run_dir.join("backbone.safetensors");

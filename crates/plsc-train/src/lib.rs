@@ -45,5 +45,6 @@ pub use job::{CpuBackend, RunSummary, run};
 pub use model::TrainModel;
 pub use schedule::{LrPolicy, LrSchedule};
 pub use trainer::{
-    BatchIter, EvalRecord, LocalBatch, LogRecord, Outputs, Plan, Timings, TrainOutcome, train,
+    BatchIter, EvalRecord, LocalBatch, LogRecord, Outputs, Plan, Start, Timings, TrainOutcome,
+    train, train_rank,
 };

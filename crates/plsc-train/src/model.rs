@@ -30,6 +30,15 @@ pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'st
     /// registered backbones).
     fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor>;
 
+    /// The model with every tensor replaced by the one of the same name in `tensors` (as
+    /// [`Self::state_tensors`] lays them out); `label` names the source in errors. A missing,
+    /// extra or misshapen tensor is an error.
+    fn load_state_tensors(
+        self,
+        tensors: &[plsc_ckpt::NamedTensor],
+        label: &str,
+    ) -> Result<Self, ModelError>;
+
     /// The running statistics (BatchNorm means and variances), flattened in a fixed order; empty
     /// for a model without batch statistics.
     fn running_stats(&self) -> Vec<f32> {
@@ -80,6 +89,30 @@ impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
 
     fn save(&self, path: &Path) -> Result<(), ModelError> {
         self.save_safetensors(path)
+    }
+
+    fn load_state_tensors(
+        self,
+        tensors: &[plsc_ckpt::NamedTensor],
+        label: &str,
+    ) -> Result<Self, ModelError> {
+        let named: Vec<plsc_models::NamedTensor> = tensors
+            .iter()
+            .map(|t| plsc_models::NamedTensor {
+                entry: plsc_models::StateEntry {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    kind: match t.kind {
+                        TensorKind::FrozenParam => EntryKind::FrozenParam,
+                        TensorKind::Buffer => EntryKind::Buffer,
+                        TensorKind::Param | TensorKind::Momentum => EntryKind::Param,
+                    },
+                },
+                values: t.values.clone(),
+            })
+            .collect();
+        let bytes = plsc_models::state::to_safetensors_bytes(&named, label)?;
+        self.load_safetensors_bytes(&bytes, label)
     }
 
     fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor> {

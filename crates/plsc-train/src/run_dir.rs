@@ -81,6 +81,35 @@ impl JsonLines {
         })
     }
 
+    /// Opens `path` for appending after keeping only its records of steps `<= last_step` (a
+    /// resumed run continues the file of the run it resumes; records of steps after the
+    /// checkpoint were lost with the interrupted run and are written again).
+    pub fn continue_after(path: &Path, last_step: u64) -> Result<Self> {
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                        .is_some_and(|step| step <= last_step)
+                })
+                .flat_map(|line| [line, "\n"])
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        write_atomically(path, kept.as_bytes())?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(f),
+        })
+    }
+
     /// Writes one record as a line.
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let line = serde_json::to_string(record).map_err(|e| io_err(&self.path)(e.into()))?;
@@ -100,5 +129,30 @@ mod tests {
         // 2000-02-29 12:34:56 UTC = 951827696.
         let t = UNIX_EPOCH + Duration::from_secs(951_827_696);
         assert_eq!(utc_stamp(t), "20000229-123456");
+    }
+
+    #[test]
+    fn a_continued_file_keeps_the_records_up_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(
+            &path,
+            "{\"kind\":\"train\",\"step\":2}\n{\"kind\":\"eval\",\"step\":4}\n{\"kind\":\"train\",\"step\":6}\n",
+        )
+        .unwrap();
+        let mut m = JsonLines::continue_after(&path, 4).unwrap();
+        m.write(&serde_json::json!({"kind": "train", "step": 5}))
+            .unwrap();
+        drop(m);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let steps: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(steps, [2, 4, 5]);
     }
 }

@@ -37,6 +37,27 @@ impl LossScaler {
         self.skipped_total
     }
 
+    /// The state a checkpoint keeps (scale, the counters towards the next change, skips).
+    pub fn state(&self) -> plsc_ckpt::LossScaleState {
+        plsc_ckpt::LossScaleState {
+            scale: self.scale,
+            good_steps: self.good_steps,
+            bad_steps: self.bad_steps,
+            skipped_total: self.skipped_total,
+        }
+    }
+
+    /// A scaler that continues from a checkpoint's `state`.
+    pub fn restore(config: LossScaleConfig, state: &plsc_ckpt::LossScaleState) -> Self {
+        Self {
+            config,
+            scale: state.scale,
+            good_steps: state.good_steps,
+            bad_steps: state.bad_steps,
+            skipped_total: state.skipped_total,
+        }
+    }
+
     /// Records a step's outcome; returns `true` when the step may be applied.
     pub fn update(&mut self, finite: bool) -> bool {
         if finite {
@@ -91,5 +112,27 @@ mod tests {
             "a good step in between restarts the bad count"
         );
         assert_eq!(s.skipped_total(), 3);
+    }
+
+    #[test]
+    fn a_restored_scaler_continues_like_the_original() {
+        let cfg = LossScaleConfig {
+            init_loss_scaling: 4.0,
+            incr_every_n_steps: 3,
+            decr_every_n_nan_or_inf: 2,
+            incr_ratio: 2.0,
+            decr_ratio: 0.5,
+        };
+        let mut a = LossScaler::new(cfg.clone());
+        for f in [true, false, true, true] {
+            a.update(f);
+        }
+        let mut b = LossScaler::restore(cfg, &a.state());
+        assert_eq!(a, b);
+        // The next good step completes a run of 3 only if the counter was carried over.
+        a.update(true);
+        b.update(true);
+        assert_eq!(b.scale(), 8.0);
+        assert_eq!(a, b);
     }
 }

@@ -19,7 +19,7 @@
 //! relied on); the head's products use f16 operands with f32 accumulation, and the loss
 //! scaling, skipping and counters run exactly as on a GPU.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::optim::Optimizer;
@@ -31,7 +31,9 @@ use plsc_core::sgd::sgd_update;
 use plsc_core::{HeadConfig, ShardedHead, SparseSgdConfig, WeightUpdate};
 use plsc_eval::{EmbedderError, EvalOptions, Normalize, PairSet, Verification, VerifyConfig};
 use plsc_models::grad::backward_with_grad;
-use plsc_models::optim::SgdMomentumConfig;
+use plsc_models::optim::{
+    SgdMomentumConfig, SgdMomentumOptimizer, velocity_module, velocity_record,
+};
 use serde::Serialize;
 
 use crate::entry::Entry;
@@ -60,10 +62,15 @@ pub struct Plan {
     pub steps_per_epoch: u64,
     /// Steps of the run.
     pub total_steps: u64,
+    /// The first step to run (steps already done: the checkpoint's step when resuming).
+    pub start_step: u64,
+    /// Batches per pass of a rank's data stream (for the data position a checkpoint records;
+    /// differs from `steps_per_epoch` when `train_image_num` is set).
+    pub data_steps_per_epoch: u64,
 }
 
 impl Plan {
-    /// `entry.train_steps`, or `train_epochs * steps_per_epoch`.
+    /// `entry.train_steps`, or `train_epochs * steps_per_epoch`, from step 0.
     pub fn new(entry: &Entry, steps_per_epoch: u64) -> Self {
         let steps_per_epoch = steps_per_epoch.max(1);
         Self {
@@ -71,8 +78,47 @@ impl Plan {
             total_steps: entry
                 .train_steps
                 .unwrap_or(entry.train_epochs * steps_per_epoch),
+            start_step: 0,
+            data_steps_per_epoch: steps_per_epoch,
         }
     }
+
+    /// The same run, continuing after `steps_done` steps.
+    #[must_use]
+    pub fn starting_at(self, steps_done: u64) -> Self {
+        Self {
+            start_step: steps_done,
+            ..self
+        }
+    }
+
+    /// Where a rank's data stream stands after `steps_done` batches.
+    pub fn data_position(&self, steps_done: u64) -> plsc_ckpt::DataPosition {
+        let per = self.data_steps_per_epoch.max(1);
+        plsc_ckpt::DataPosition {
+            epoch: steps_done / per,
+            step: steps_done % per,
+        }
+    }
+}
+
+/// Where the weights of a run come from.
+#[derive(Clone, Default)]
+pub enum Start {
+    /// The model as given and a freshly initialised head.
+    #[default]
+    Fresh,
+    /// Continue this checkpoint's run: backbone and head weights and momentum, loss scale;
+    /// the caller starts the plan at the checkpoint's step and the data where it stood.
+    Resume(Arc<plsc_ckpt::Checkpoint>),
+    /// Fine-tune: the checkpoint's backbone weights (and head rows when `with_head`), no
+    /// momentum, from step 0; any rank count.
+    Pretrained {
+        /// The checkpoint.
+        checkpoint: Arc<plsc_ckpt::Checkpoint>,
+        /// Load the head rows too.
+        with_head: bool,
+    },
 }
 
 /// Where the loop reports, besides its return value.
@@ -84,9 +130,23 @@ pub struct Outputs {
     pub progress: bool,
     /// Verification sets (name, decoded pairs) for rank 0.
     pub val_sets: Vec<(String, PairSet)>,
-    /// Save a checkpoint here at the end of the run (every rank its head shard, rank 0 the
-    /// backbone), describing this backbone.
+    /// Save checkpoints under this root (every rank its head shard, rank 0 the backbone and
+    /// its momentum), describing this backbone: every `entry.checkpoint_period` steps and at
+    /// the end. Every rank needs it.
     pub checkpoint: Option<(std::path::PathBuf, plsc_ckpt::ModelSpec)>,
+    /// Where the weights come from. Every rank needs it.
+    pub start: Start,
+}
+
+impl Outputs {
+    /// What ranks other than 0 get: the checkpoint settings and the start, nothing to report.
+    fn for_other_rank(&self) -> Self {
+        Self {
+            checkpoint: self.checkpoint.clone(),
+            start: self.start.clone(),
+            ..Self::default()
+        }
+    }
 }
 
 /// One log record (every `log_period` steps and at the last step).
@@ -135,6 +195,12 @@ pub struct EvalRecord {
     pub far: f64,
     /// XNorm.
     pub xnorm: f64,
+    /// Area under the ROC curve.
+    pub auc: f64,
+    /// ROC false positive rates, one per threshold of 0..4 step 0.01 (averaged over folds).
+    pub roc_fpr: Vec<f64>,
+    /// ROC true positive rates, one per threshold, as `roc_fpr`.
+    pub roc_tpr: Vec<f64>,
 }
 
 impl EvalRecord {
@@ -148,6 +214,9 @@ impl EvalRecord {
             tar: v.metrics.tar_mean,
             far: v.metrics.far_target,
             xnorm: v.xnorm,
+            auc: v.metrics.roc.auc,
+            roc_fpr: v.metrics.roc.fpr.clone(),
+            roc_tpr: v.metrics.roc.tpr.clone(),
         }
     }
 }
@@ -212,19 +281,9 @@ pub struct TrainOutcome<M> {
     pub ranks: Vec<RankResult<M>>,
 }
 
-struct RankOutput<M> {
-    result: RankResult<M>,
-    losses: Vec<f64>,
-    logs: Vec<LogRecord>,
-    evals: Vec<EvalRecord>,
-    skipped: u64,
-    loss_scale: f64,
-    timings: Timings,
-    steps: Vec<StepTiming>,
-}
-
 /// Runs `entry` on `entry.ranks` rank threads: every rank starts from a replica of `base`;
-/// `data(rank)` gives rank `rank`'s batches of `entry.train_batch_size` images each.
+/// `data(rank)` gives rank `rank`'s batches of `entry.train_batch_size` images each (from
+/// `plan.start_step` on). Rank 0 reports through `outputs`.
 pub fn train<B, M, F>(
     entry: &Entry,
     base: &M,
@@ -245,9 +304,9 @@ where
     base.visit(&mut Materialize);
     let replicas: Mutex<Vec<Option<M>>> =
         Mutex::new((0..n).map(|_| Some(base.replica())).collect());
-    let checkpoint = outputs.checkpoint.clone();
+    let others = outputs.for_other_rank();
     let rank0_outputs = Mutex::new(Some(outputs));
-    let results = run_ranks(n, |comm| -> Result<RankOutput<M>> {
+    let results = run_ranks(n, |comm| -> Result<TrainOutcome<M>> {
         let rank = comm.rank();
         let model = replicas
             .lock()
@@ -261,36 +320,18 @@ where
             rank0_outputs.lock().ok().and_then(|mut o| o.take())
         } else {
             None
-        };
+        }
+        .unwrap_or_else(|| others.for_other_rank());
         let batches = data(rank)?;
-        run_rank::<B, M>(
-            entry,
-            &comm,
-            model,
-            device,
-            plan,
-            batches,
-            out,
-            checkpoint.as_ref(),
-        )
+        train_rank::<B, M>(entry, &comm, model, device, plan, batches, out)
     });
     let mut outs = Vec::with_capacity(n);
     for r in results {
         outs.push(r?);
     }
-    let first = outs.remove(0);
-    let mut ranks = vec![first.result];
-    ranks.extend(outs.into_iter().map(|o| o.result));
-    Ok(TrainOutcome {
-        losses: first.losses,
-        logs: first.logs,
-        evals: first.evals,
-        skipped_steps: first.skipped,
-        loss_scale: first.loss_scale,
-        timings: first.timings,
-        steps: first.steps,
-        ranks,
-    })
+    let mut first = outs.remove(0);
+    first.ranks.extend(outs.into_iter().flat_map(|o| o.ranks));
+    Ok(first)
 }
 
 struct Materialize;
@@ -334,21 +375,37 @@ fn apply_head_gradient(
         .map_err(|source| TrainError::head(rank, source))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_rank<B, M>(
+/// Runs this rank's part of `entry` on `comm` (a thread of [`train`], or a process of a
+/// multi-process group with `comm.world_size() == entry.ranks`): `model` is this rank's
+/// replica (the same values on every rank), `batches` its data from `plan.start_step` on.
+/// The outcome holds this rank's model and head shard only; the losses are the global-batch
+/// means every rank sees.
+pub fn train_rank<B, M>(
     entry: &Entry,
     comm: &dyn Communicator,
     mut model: M,
     device: &B::Device,
     plan: Plan,
     mut batches: BatchIter,
-    mut out: Option<Outputs>,
-    checkpoint: Option<&(std::path::PathBuf, plsc_ckpt::ModelSpec)>,
-) -> Result<RankOutput<M>>
+    outputs: Outputs,
+) -> Result<TrainOutcome<M>>
 where
     B: AutodiffBackend,
     M: TrainModel<B>,
 {
+    if comm.world_size() != entry.ranks {
+        return Err(TrainError::Config {
+            name: "ranks",
+            detail: format!(
+                "the settings say {} ranks, the communicator holds {}",
+                entry.ranks,
+                comm.world_size()
+            ),
+        });
+    }
+    let checkpoint = outputs.checkpoint.clone();
+    let init = outputs.start.clone();
+    let mut out = Some(outputs);
     let rank = comm.rank();
     let head_err = |source| TrainError::head(rank, source);
     let loss = entry.loss_config()?;
@@ -363,8 +420,7 @@ where
                 .with_momentum(entry.momentum)
                 .with_weight_decay(entry.weight_decay),
         );
-    let mut head =
-        ShardedHead::<f32>::new(head_cfg.clone(), rank, comm.world_size()).map_err(head_err)?;
+    let mut head = ShardedHead::<f32>::new(head_cfg, rank, comm.world_size()).map_err(head_err)?;
     let mut optim = SgdMomentumConfig::new()
         .with_momentum(entry.momentum)
         .with_weight_decay(entry.weight_decay)
@@ -372,6 +428,31 @@ where
     let schedule = entry.schedule(plan.steps_per_epoch, plan.total_steps);
     let mut scaler = LossScaler::new(entry.loss_scale.clone());
     let mixed = entry.mixed_precision;
+    let ckpt_err = |source: plsc_ckpt::CkptError| TrainError::Checkpoint {
+        rank,
+        source: Box::new(source),
+    };
+    match &init {
+        Start::Fresh => {}
+        Start::Resume(ckpt) => {
+            (model, optim) = load_backbone::<B, M>(model, optim, ckpt, true, rank)?;
+            ckpt.load_into_head(&mut head, true).map_err(ckpt_err)?;
+            if let Some(state) = &ckpt.manifest().training.loss_scale {
+                scaler = LossScaler::restore(entry.loss_scale.clone(), state);
+            }
+        }
+        Start::Pretrained {
+            checkpoint,
+            with_head,
+        } => {
+            (model, optim) = load_backbone::<B, M>(model, optim, checkpoint, false, rank)?;
+            if *with_head {
+                checkpoint
+                    .load_into_head(&mut head, false)
+                    .map_err(ckpt_err)?;
+            }
+        }
+    }
     let b = entry.train_batch_size;
     let (c, s) = (entry.in_channels, entry.input_size);
     let pixels = b * c * s * s;
@@ -385,6 +466,7 @@ where
     let progress = out.as_ref().is_some_and(|o| o.progress);
     let bar = if progress {
         let bar = ProgressBar::new(plan.total_steps);
+        bar.set_position(plan.start_step);
         bar.set_style(
             ProgressStyle::with_template(
                 "{elapsed_precise} [{wide_bar}] {pos}/{len} steps, eta {eta} {msg}",
@@ -406,7 +488,7 @@ where
     let mut window_loss = 0.0;
     let mut window_steps = 0u64;
 
-    for step in 0..plan.total_steps {
+    for step in plan.start_step..plan.total_steps {
         // 1. data
         let t0 = Instant::now();
         let batch = match batches.next() {
@@ -592,88 +674,182 @@ where
             window_start += te.elapsed();
             t.eval_s += te.elapsed().as_secs_f64();
         }
+
+        if let Some((root, spec)) = checkpoint.as_ref() {
+            let periodic = entry.checkpoint_period > 0 && done % entry.checkpoint_period == 0;
+            if periodic || done == plan.total_steps {
+                let dir = save_checkpoint::<B, M>(
+                    entry,
+                    comm,
+                    (root, spec),
+                    &head,
+                    &model,
+                    &optim,
+                    mixed.then_some(&scaler),
+                    &plan,
+                    done,
+                )?;
+                if is_logger {
+                    bar.suspend(|| tracing::info!(dir = %dir.display(), "checkpoint saved"));
+                }
+            }
+        }
     }
     bar.finish_and_clear();
-    if let Some((root, spec)) = checkpoint {
-        let last = plan.total_steps.saturating_sub(1);
-        let training = plsc_ckpt::TrainingState {
-            step: plan.total_steps,
-            epoch: plan.total_steps / plan.steps_per_epoch,
-            lr: plsc_ckpt::LrScheduleState {
-                schedule: format!("{:?}", entry.lr_policy).to_lowercase(),
-                base_lr: schedule.base_lr,
-                current_lr: schedule.lr_at(plan.total_steps),
-                step: plan.total_steps,
-                params: [
-                    ("warmup_steps".to_string(), schedule.warmup_steps as f64),
-                    ("total_steps".to_string(), schedule.total_steps as f64),
-                    ("last_lr".to_string(), schedule.lr_at(last)),
-                ]
-                .into(),
-            },
-            loss_scale: mixed.then(|| plsc_ckpt::LossScaleState {
-                scale: scaler.scale(),
-                good_steps: 0,
-                bad_steps: 0,
-                skipped_total: scaler.skipped_total(),
-            }),
-            data: plsc_ckpt::DataPosition {
-                epoch: plan.total_steps / plan.steps_per_epoch,
-                step: plan.total_steps % plan.steps_per_epoch,
-            },
-            seeds: plsc_ckpt::Seeds {
-                global: entry.seed,
-                data: entry.seed,
-                head: entry.seed,
-                extra: Default::default(),
-            },
-            extra: serde_json::json!({ "backbone_momentum_saved": false }),
-        };
-        let meta = plsc_ckpt::CheckpointMeta {
-            head: head_cfg,
-            world_size: comm.world_size(),
-            model: Some(spec.clone()),
-            training,
-        };
-        let tensors = if rank == 0 {
-            model.state_tensors()
-        } else {
-            Vec::new()
-        };
-        let backbone = (rank == 0).then_some(plsc_ckpt::BackboneRef {
-            tensors: &tensors,
-            momentum: &[],
-        });
-        let dir = plsc_ckpt::save_rank(
-            comm,
-            root,
-            &meta,
-            backbone,
-            plsc_ckpt::HeadShardRef::from_head(&head),
-            plsc_ckpt::SaveOptions::default(),
-        )
+    t.total_s = start.elapsed().as_secs_f64();
+    Ok(TrainOutcome {
+        losses,
+        logs,
+        evals,
+        skipped_steps: scaler.skipped_total(),
+        loss_scale: if mixed { scaler.scale() } else { 1.0 },
+        timings: t,
+        steps: step_times,
+        ranks: vec![RankResult {
+            model,
+            head_weight: head.weight().to_vec(),
+            head_velocity: head.velocity().to_vec(),
+        }],
+    })
+}
+
+/// `model` and `optim` with the weights (and, to resume, the momentum) of `ckpt`'s backbone.
+fn load_backbone<B, M>(
+    model: M,
+    mut optim: SgdMomentumOptimizer<M, B>,
+    ckpt: &plsc_ckpt::Checkpoint,
+    with_momentum: bool,
+    rank: usize,
+) -> Result<(M, SgdMomentumOptimizer<M, B>)>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B>,
+{
+    let state = ckpt
+        .load_backbone()
         .map_err(|source| TrainError::Checkpoint {
             rank,
             source: Box::new(source),
         })?;
-        if is_logger {
-            tracing::info!(dir = %dir.display(), "checkpoint saved");
-        }
+    let label = ckpt
+        .dir()
+        .join(plsc_ckpt::manifest::BACKBONE_FILE)
+        .display()
+        .to_string();
+    let model = model
+        .load_state_tensors(&state.tensors, &label)
+        .map_err(|source| TrainError::model(rank, source))?;
+    if with_momentum && !state.momentum.is_empty() {
+        // The velocities go through a copy of the model (same names, same layouts), then into
+        // the optimiser's records by parameter position.
+        let merged: Vec<plsc_ckpt::NamedTensor> = model
+            .state_tensors()
+            .into_iter()
+            .map(|mut t| {
+                if t.kind == plsc_ckpt::TensorKind::Param {
+                    match state.momentum.iter().find(|m| m.name == t.name) {
+                        Some(m) => t.values.clone_from(&m.values),
+                        None => t.values.iter_mut().for_each(|v| *v = 0.0),
+                    }
+                }
+                t
+            })
+            .collect();
+        let velocities = model
+            .clone()
+            .load_state_tensors(&merged, &format!("{label} (momentum)"))
+            .map_err(|source| TrainError::model(rank, source))?;
+        optim = optim.load_record(velocity_record::<B, M>(&model, &velocities));
     }
-    t.total_s = start.elapsed().as_secs_f64();
-    Ok(RankOutput {
-        result: RankResult {
-            model,
-            head_weight: head.weight().to_vec(),
-            head_velocity: head.velocity().to_vec(),
+    Ok((model, optim))
+}
+
+/// Saves a checkpoint after `done` steps (a collective: every rank writes its head shard,
+/// rank 0 the backbone with its momentum and the manifest).
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint<B, M>(
+    entry: &Entry,
+    comm: &dyn Communicator,
+    (root, spec): (&std::path::Path, &plsc_ckpt::ModelSpec),
+    head: &ShardedHead<f32>,
+    model: &M,
+    optim: &SgdMomentumOptimizer<M, B>,
+    scaler: Option<&LossScaler>,
+    plan: &Plan,
+    done: u64,
+) -> Result<std::path::PathBuf>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B>,
+{
+    let rank = comm.rank();
+    let schedule = entry.schedule(plan.steps_per_epoch, plan.total_steps);
+    let training = plsc_ckpt::TrainingState {
+        step: done,
+        epoch: done / plan.steps_per_epoch,
+        lr: plsc_ckpt::LrScheduleState {
+            schedule: format!("{:?}", entry.lr_policy).to_lowercase(),
+            base_lr: schedule.base_lr,
+            current_lr: schedule.lr_at(done),
+            step: done,
+            params: [
+                ("warmup_steps".to_string(), schedule.warmup_steps as f64),
+                ("total_steps".to_string(), schedule.total_steps as f64),
+                (
+                    "last_lr".to_string(),
+                    schedule.lr_at(done.saturating_sub(1)),
+                ),
+            ]
+            .into(),
         },
-        losses,
-        logs,
-        evals,
-        skipped: scaler.skipped_total(),
-        loss_scale: if mixed { scaler.scale() } else { 1.0 },
-        timings: t,
-        steps: step_times,
+        loss_scale: scaler.map(LossScaler::state),
+        data: plan.data_position(done),
+        seeds: plsc_ckpt::Seeds {
+            global: entry.seed,
+            data: entry.seed,
+            head: entry.seed,
+            extra: Default::default(),
+        },
+        extra: serde_json::json!({ "backbone_momentum_saved": true }),
+    };
+    let meta = plsc_ckpt::CheckpointMeta {
+        head: head.config().clone(),
+        world_size: comm.world_size(),
+        model: Some(spec.clone()),
+        training,
+    };
+    let (tensors, momentum) = if rank == 0 {
+        let momentum: Vec<plsc_ckpt::NamedTensor> =
+            velocity_module::<B, M>(model, &optim.to_record())
+                .state_tensors()
+                .into_iter()
+                .filter(|t| t.kind == plsc_ckpt::TensorKind::Param)
+                .map(|t| plsc_ckpt::NamedTensor {
+                    kind: plsc_ckpt::TensorKind::Momentum,
+                    ..t
+                })
+                .collect();
+        (model.state_tensors(), momentum)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let backbone = (rank == 0).then_some(plsc_ckpt::BackboneRef {
+        tensors: &tensors,
+        momentum: &momentum,
+    });
+    plsc_ckpt::save_rank(
+        comm,
+        root,
+        &meta,
+        backbone,
+        plsc_ckpt::HeadShardRef::from_head(head),
+        plsc_ckpt::SaveOptions {
+            keep_last: entry.keep_last,
+        },
+    )
+    .map_err(|source| TrainError::Checkpoint {
+        rank,
+        source: Box::new(source),
     })
 }
 

@@ -7,8 +7,8 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 use plsc_models::ModelError;
 use plsc_train::{BatchIter, LocalBatch, TrainModel};
 use rand::{Rng, SeedableRng};
@@ -81,6 +81,30 @@ impl<B: AutodiffBackend> TrainModel<B> for LinearNet<B> {
             });
         }
         out
+    }
+    fn load_state_tensors(
+        self,
+        tensors: &[plsc_ckpt::NamedTensor],
+        label: &str,
+    ) -> Result<Self, ModelError> {
+        let find = |name: &str| {
+            tensors
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| ModelError::InvalidConfig(format!("{label}: no tensor {name}")))
+        };
+        let w = find("fc.weight")?;
+        let device = self.fc.weight.val().device();
+        let [i, o] = self.fc.weight.val().dims();
+        let weight = Tensor::<B, 2>::from_data(TensorData::new(w.values.clone(), [i, o]), &device);
+        let mut fc = self.fc;
+        fc.weight = fc.weight.map(|_| weight.require_grad());
+        if let Some(bias) = fc.bias.take() {
+            let b = find("fc.bias")?;
+            let t = Tensor::<B, 1>::from_data(TensorData::new(b.values.clone(), [o]), &device);
+            fc.bias = Some(bias.map(|_| t.require_grad()));
+        }
+        Ok(Self { fc })
     }
     fn save(&self, path: &Path) -> Result<(), ModelError> {
         let text = serde_json::to_string(&self.values()).unwrap();

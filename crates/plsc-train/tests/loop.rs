@@ -35,6 +35,8 @@ fn run(e: &Entry, batches: &[GlobalBatch]) -> TrainOutcome<LinearNet<B>> {
     let plan = Plan {
         steps_per_epoch: batches.len() as u64,
         total_steps: e.train_steps.unwrap(),
+        start_step: 0,
+        data_steps_per_epoch: batches.len() as u64,
     };
     train::<B, _, _>(
         e,

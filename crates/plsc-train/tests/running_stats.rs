@@ -38,6 +38,8 @@ fn replicas_end_with_rank_0_running_statistics() {
     let plan = Plan {
         steps_per_epoch: 2,
         total_steps: 2,
+        start_step: 0,
+        data_steps_per_epoch: 2,
     };
     let out = train::<B, _, _>(
         &entry,
