@@ -13,6 +13,7 @@ mod launch;
 mod machine;
 mod reshard;
 mod train;
+mod serve;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,6 +61,13 @@ enum Command {
     /// iresnet_tiny), or `--config FILE` (TOML/JSON) with flag overrides; writes runs/<time>/.
     Train(train::TrainArgs),
     /// IDX files (MNIST, Fashion-MNIST) into the base64 layout plus a held-out-class `.bin`
+    /// Serve an exported model over HTTP/JSON with dynamic batching: POST /v1/encode, PLSC's
+    /// POST /FaceClassifyService/inference, GET /healthz, /v1/model, /metrics. Stops on
+    /// SIGINT/SIGTERM after answering the requests in flight. Face models expect aligned
+    /// face crops; the server does not detect or align faces. See docs/serving.md.
+    Serve(serve::ServeArgs),
+    /// Ask a running server (or several, in turn) for embeddings; one JSON line per image.
+    Encode(serve::EncodeArgs),
     /// pair set (how datasets/fashion_mnist was built).
     ImportIdx(import_idx::ImportIdxArgs),
 }
@@ -86,3 +94,5 @@ fn main() -> anyhow::Result<()> {
         Command::ImportIdx(args) => import_idx::run(args),
     }
 }
+        Command::Serve(args) => serve::run_serve(args),
+        Command::Encode(args) => serve::run_encode(args),

@@ -223,32 +223,45 @@ impl Server {
 
     /// [`Self::run`], also shutting down gracefully on SIGINT (Ctrl-C) or SIGTERM.
     pub async fn run_until_signal(self) -> Result<()> {
+        let signals = self.shutdown_on_signals()?;
+        let result = self.run().await;
+        signals.abort();
+        result
+    }
+
+    /// Installs SIGINT and SIGTERM handlers (now, so that a signal that comes right after
+    /// this call is not missed) that shut the server down gracefully. Abort the returned task
+    /// to remove them.
+    pub fn shutdown_on_signals(&self) -> Result<tokio::task::JoinHandle<()>> {
         let handle = self.handle();
-        let addr = handle.addr.to_string();
+        let io = |source| ServeError::Io {
+            context: "installing the signal handlers of",
+            addr: handle.addr.to_string(),
+            source,
+        };
         #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|source| ServeError::Io {
-                context: "installing the SIGTERM handler for",
-                addr: addr.clone(),
-                source,
-            })?;
+        let (mut int, mut term) = {
+            use tokio::signal::unix::{SignalKind, signal};
+            (
+                signal(SignalKind::interrupt()).map_err(io)?,
+                signal(SignalKind::terminate()).map_err(io)?,
+            )
+        };
         let mut stopped = handle.shutdown.subscribe();
-        let signals = tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
             #[cfg(unix)]
-            let term = term.recv();
-            #[cfg(not(unix))]
-            let term = std::future::pending::<Option<()>>();
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-                _ = term => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            #[cfg(not(unix))]
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
                 _ = stopped.wait_for(|s| *s) => {}
             }
             handle.shutdown();
-        });
-        let result = self.run().await;
-        signals.abort();
-        let _ = addr;
-        result
+        }))
     }
 }
 
@@ -330,12 +343,14 @@ impl Drop for RunningServer {
     }
 }
 
-/// Loads `model_dir`, binds `addr` and serves on a new runtime until SIGINT or SIGTERM: what
-/// `cargo xtask serve` runs.
+/// Loads `model_dir`, binds `addr`, calls `on_bound` with the bound address (port 0 picks a
+/// free one) and serves on a new runtime until SIGINT or SIGTERM, answering the requests in
+/// flight before it returns: what `cargo xtask serve` runs.
 pub fn serve_blocking(
     model_dir: &std::path::Path,
     config: ServeConfig,
     addr: SocketAddr,
+    on_bound: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     let model = ServeModel::load(model_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -349,12 +364,16 @@ pub fn serve_blocking(
         })?;
     runtime.block_on(async move {
         let server = Server::bind(model, config, addr).await?;
+        let signals = server.shutdown_on_signals()?;
+        on_bound(server.local_addr());
         tracing::info!(
             addr = %server.local_addr(),
             "listening; POST /v1/encode, POST /FaceClassifyService/inference, GET /healthz, \
              GET /v1/model, GET /metrics"
         );
-        server.run_until_signal().await
+        let result = server.run().await;
+        signals.abort();
+        result
     })
 }
 

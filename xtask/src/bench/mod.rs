@@ -9,6 +9,7 @@ mod comm;
 mod data;
 mod eval;
 mod head;
+mod serve;
 mod train;
 
 #[derive(Subcommand)]
@@ -25,6 +26,9 @@ pub enum BenchCommand {
     Eval(eval::EvalBenchArgs),
     /// The sharded head: step time, GFLOP/s against a plain matmul, and work-buffer memory.
     Head(head::HeadArgs),
+    /// The embedding server on loopback: requests/s and p50/p99 latency of single-image
+    /// requests at concurrency 1 and 16, dynamic batching on and off.
+    Serve(serve::ServeBenchArgs),
     /// Training steps of the whole loop: global images/s split into data, backbone, head and
     /// communication time.
     Train(train::TrainArgs),
@@ -38,6 +42,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Data(args) => data::run(args),
         BenchCommand::Eval(args) => eval::run(args),
         BenchCommand::Head(args) => head::run(args),
+        BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Train(args) => train::run(args),
     }
 }
