@@ -21,6 +21,8 @@ use clap::{Args, ValueEnum};
 /// The communicator backend the ranks use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
+    /// TCP through rank 0 (plsc-comm's `TcpComm` over the rendezvous): CPU ranks without MPI.
+    Tcp,
     /// NCCL between GPUs, one process per device, bootstrapped through the TCP rendezvous on
     /// the master (feature `nccl`).
     Nccl,
@@ -32,6 +34,7 @@ pub enum Backend {
 impl Backend {
     fn name(self) -> &'static str {
         match self {
+            Backend::Tcp => "tcp",
             Backend::Nccl => "nccl",
             Backend::Mpi => "mpi",
         }
@@ -57,7 +60,7 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 29500)]
     master_port: u16,
     /// Communicator backend the ranks use (`PLSC_COMM_BACKEND` in their environment).
-    #[arg(long, value_enum, default_value_t = Backend::Nccl)]
+    #[arg(long, value_enum, default_value_t = Backend::Tcp)]
     backend: Backend,
     /// Seconds a rank gets to exit after SIGTERM (when another rank failed or on Ctrl-C)
     /// before it is killed.
@@ -87,6 +90,9 @@ pub struct ProbeArgs {
     /// The other ranks ignore SIGTERM (so only SIGKILL stops them).
     #[arg(long)]
     ignore_term: bool,
+    /// Build the communicator the environment names and run plsc-comm's collective suite.
+    #[arg(long)]
+    suite: bool,
 }
 
 pub fn run(args: LaunchArgs) -> anyhow::Result<()> {
@@ -345,6 +351,16 @@ pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
         ),
     }
     eprintln!("probe stderr line");
+    if args.suite {
+        let rc = plsc_comm::backend::connect_from_env()?
+            .context("launch-probe --suite needs a rank environment")?;
+        let checked = plsc_comm::testing::collective_suite(&*rc.comm)?;
+        println!(
+            "suite ok: rank {} of {}: {checked} results equal the serial reference",
+            rc.comm.rank(),
+            rc.comm.world_size()
+        );
+    }
     std::io::stdout().flush()?;
     if rank.is_some() && rank == args.fail_rank {
         std::thread::sleep(Duration::from_millis(args.fail_after_ms));

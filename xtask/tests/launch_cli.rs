@@ -87,7 +87,7 @@ fn every_rank_gets_its_environment_and_a_prefix() {
     for local in 0..3 {
         let rank = 3 + local;
         let want = format!(
-            "[rank {rank}] probe rank {rank} of 6 local {local} backend nccl master 10.1.2.3:4242 pid"
+            "[rank {rank}] probe rank {rank} of 6 local {local} backend tcp master 10.1.2.3:4242 pid"
         );
         assert!(stdout.contains(&want), "missing {want:?} in\n{stdout}");
         assert!(
@@ -214,4 +214,28 @@ fn launch_probe_is_hidden_from_help() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("launch"), "{help}");
     assert!(!help.contains("launch-probe"), "{help}");
+}
+
+#[test]
+fn three_tcp_processes_pass_the_collective_suite() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let out = run(&[
+        "--nproc-per-node",
+        "3",
+        "--master-port",
+        &port,
+        "--",
+        "launch-probe",
+        "--suite",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for r in 0..3 {
+        let want = format!("[rank {r}] suite ok: rank {r} of 3: 264 results");
+        assert!(stdout.contains(&want), "missing {want:?} in\n{stdout}");
+    }
 }

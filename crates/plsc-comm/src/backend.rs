@@ -2,7 +2,8 @@
 //!
 //! | name      | what                                                           |
 //! |-----------|----------------------------------------------------------------|
-//! | `mpi`     | [`MpiComm`](crate::mpi) over `mpirun`'s world (feature `mpi`) |
+//! | `tcp`     | [`TcpComm`](crate::tcp::TcpComm) over the rendezvous on `MASTER_ADDR:MASTER_PORT` |
+//! | `mpi`     | `MpiComm` (module `mpi`) over `mpirun`'s world (feature `mpi`) |
 //! | `threads` | the in-process thread group; across processes only world size 1 |
 //! | `nccl`    | per device: built by the NCCL module (feature `nccl`)          |
 
@@ -11,14 +12,15 @@ use crate::env::RankEnv;
 use crate::error::CommError;
 
 /// The backend names [`connect`] knows.
-pub const BACKENDS: [&str; 3] = ["mpi", "threads", "nccl"];
+pub const BACKENDS: [&str; 4] = ["tcp", "mpi", "threads", "nccl"];
 
-/// The backend to use when the environment names none: `mpi` under an MPI launcher,
-/// otherwise `threads`.
+/// The backend to use when the environment names none: `mpi` under an MPI launcher, `threads`
+/// for a world of one, otherwise `tcp`.
 pub fn default_backend(env: &RankEnv) -> &'static str {
     match env.launcher {
         crate::env::Launcher::OpenMpi | crate::env::Launcher::Pmi => "mpi",
-        _ => "threads",
+        _ if env.world_size == 1 => "threads",
+        _ => "tcp",
     }
 }
 
@@ -29,13 +31,18 @@ pub fn connect(backend: &str, env: &RankEnv) -> Result<Box<dyn Communicator>, Co
     let name = backend.trim().to_ascii_lowercase();
     let comm: Box<dyn Communicator> = match name.as_str() {
         "mpi" => connect_mpi()?,
+        "tcp" => {
+            let cfg = crate::rendezvous::RendezvousConfig::from_env(env)?;
+            let rdv = crate::rendezvous::Rendezvous::connect(&cfg)?;
+            Box::new(crate::tcp::TcpComm::new(rdv))
+        }
         "threads" => {
             if env.world_size != 1 {
                 return Err(CommError::BackendUnavailable {
                     backend: name,
                     detail: format!(
                         "the thread group lives in one process, but the launcher started {} \
-                         processes; use `mpi` across processes (or one process with rank threads)",
+                         processes; use `tcp` or `mpi` across processes (or one process with rank threads)",
                         env.world_size
                     ),
                 });
@@ -79,10 +86,28 @@ pub fn connect(backend: &str, env: &RankEnv) -> Result<Box<dyn Communicator>, Co
     Ok(comm)
 }
 
+/// A process's rank environment with its communicator.
+pub struct RankComm {
+    /// The launcher's description of this rank.
+    pub env: RankEnv,
+    /// The communicator of the backend the environment named.
+    pub comm: Box<dyn Communicator>,
+}
+
+impl std::fmt::Debug for RankComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RankComm")
+            .field("env", &self.env)
+            .field("rank", &self.comm.rank())
+            .field("world_size", &self.comm.world_size())
+            .finish()
+    }
+}
+
 /// [`RankEnv::from_env`] and [`connect`] with the backend the environment names
 /// (`PLSC_COMM_BACKEND`, else [`default_backend`]); `Ok(None)` when no launcher variable is
-/// set.
-pub fn connect_from_env() -> Result<Option<(RankEnv, Box<dyn Communicator>)>, CommError> {
+/// set (a plain single-process run).
+pub fn connect_from_env() -> Result<Option<RankComm>, CommError> {
     let Some(env) = RankEnv::from_env()? else {
         return Ok(None);
     };
@@ -91,7 +116,7 @@ pub fn connect_from_env() -> Result<Option<(RankEnv, Box<dyn Communicator>)>, Co
         .clone()
         .unwrap_or_else(|| default_backend(&env).to_string());
     let comm = connect(&backend, &env)?;
-    Ok(Some((env, comm)))
+    Ok(Some(RankComm { env, comm }))
 }
 
 #[cfg(feature = "mpi")]

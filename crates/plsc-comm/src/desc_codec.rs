@@ -7,7 +7,7 @@ use crate::communicator::ReduceOp;
 use crate::element::DType;
 use crate::thread_group::desc::{BufDesc, Desc, OpKind};
 
-fn dtype_code(d: DType) -> u64 {
+pub(crate) fn dtype_code(d: DType) -> u64 {
     match d {
         DType::F32 => 0,
         DType::F64 => 1,
@@ -16,7 +16,7 @@ fn dtype_code(d: DType) -> u64 {
     }
 }
 
-fn dtype_of(code: u64) -> Option<DType> {
+pub(crate) fn dtype_of(code: u64) -> Option<DType> {
     Some(match code {
         0 => DType::F32,
         1 => DType::F64,

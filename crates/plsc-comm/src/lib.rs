@@ -7,8 +7,8 @@
 //! Across processes: [`env::RankEnv::from_env`] reads the launcher's variables,
 //! [`rendezvous::Rendezvous`] meets the world over TCP (and hands out a bootstrap blob such as
 //! the NCCL unique id), [`backend::connect`] builds the communicator a backend name asks for
-//! (`mpi::MpiComm` under feature `mpi`), and [`testing::collective_suite`] checks any
-//! communicator against a serial reference.
+//! ([`tcp::TcpComm`] over the rendezvous, `mpi::MpiComm` under feature `mpi`), and
+//! [`testing::collective_suite`] checks any communicator against a serial reference.
 //!
 //! - [`Communicator`] works on host slices ([`HostSlice`], typed through [`CommExt`]);
 //!   [`tensor::TensorComm`] takes burn tensors and is where device backends plug in.
@@ -19,7 +19,6 @@
 
 pub mod backend;
 mod communicator;
-#[cfg(any(feature = "mpi", test))]
 mod desc_codec;
 mod element;
 pub mod env;
@@ -29,6 +28,7 @@ pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod rendezvous;
+pub mod tcp;
 pub mod tensor;
 pub mod testing;
 mod thread_group;

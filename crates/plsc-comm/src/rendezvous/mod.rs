@@ -21,7 +21,7 @@
 //! [`CommError::MasterUnreachable`], [`CommError::Timeout`] (the master waited for ranks that
 //! never came) and [`CommError::Aborted`].
 
-mod wire;
+pub(crate) mod wire;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -471,6 +471,11 @@ impl Rendezvous {
                 detail: "only rank 0 passes a blob; other ranks pass None".to_string(),
             }),
         }
+    }
+
+    /// The open connections and settings, for the TCP communicator.
+    pub(crate) fn into_parts(self) -> (usize, usize, Links) {
+        (self.rank, self.world, self.links)
     }
 
     fn join(
