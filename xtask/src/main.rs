@@ -11,6 +11,7 @@ mod head_check;
 mod import_idx;
 mod launch;
 mod machine;
+mod plot;
 mod reshard;
 mod train;
 mod serve;
@@ -53,6 +54,9 @@ enum Command {
     /// Test helper of `launch`: prints its rank environment, sleeps, maybe fails.
     #[command(hide = true)]
     LaunchProbe(launch::ProbeArgs),
+    /// PNG charts of a run: loss, learning rate and accuracy against the step, and the ROC of
+    /// every verification (log-scale FPR, AUC and TAR@FAR in the legend). Prints the paths.
+    Plot(plot::PlotArgs),
     /// Reshard a checkpoint to another rank count (head rows bit for bit, streamed from mmaps).
     Reshard(reshard::ReshardArgs),
     /// Export a checkpoint's backbone for inference: backbone.safetensors + model.json.
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Launch(args) => launch::run(args),
         Command::LaunchProbe(args) => launch::probe(args),
+        Command::Plot(args) => plot::run(args),
         Command::Reshard(args) => reshard::run_reshard(args),
         Command::Export(args) => reshard::run_export(args),
         Command::Train(args) => train::run(args),

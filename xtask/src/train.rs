@@ -158,6 +158,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         show(&s.model)
     );
     println!("  summary       {}", show(&s.run_dir.join("summary.json")));
+    match crate::plot::plot_run(&s.run_dir, &s.run_dir) {
+        Ok(p) => println!(
+            "  plots         {}  ({} PNG: loss, lr, accuracy, ROC per evaluation; `cargo xtask plot`)",
+            show(&s.run_dir.join("*.png")),
+            p.len()
+        ),
+        Err(e) => tracing::warn!("plots not drawn: {e:#}"),
+    }
     println!(
         "trained {} steps ({} per epoch, global batch {}, lr {:.4}): loss {:.3} -> {:.3}, {:.1} images/s, {} skipped",
         s.steps,
