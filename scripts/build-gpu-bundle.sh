@@ -23,11 +23,9 @@ OUT=$(cd "$OUT" && pwd)
 
 MSGS=$(mktemp)
 trap 'rm -f "$MSGS"' EXIT
-echo "== building xtask (features cuda, nccl)"
-cargo build -p xtask --features cuda,nccl --message-format=json-render-diagnostics >"$MSGS"
 echo "== building plsc-comm tests (feature nccl)"
 cargo test -p plsc-comm --features nccl --lib --test nccl --no-run \
-    --message-format=json-render-diagnostics >>"$MSGS"
+    --message-format=json-render-diagnostics >"$MSGS"
 
 # The executable of a target from cargo's JSON messages: kind (bin|lib|test), name, test (1|0).
 exe_of() {
@@ -46,11 +44,26 @@ for line in open(path):
         print(m["executable"])
 ' "$MSGS" "$1" "$2" "$3" | tail -1
 }
-XTASK_EXE=$(exe_of bin xtask 0)
 LIB_EXE=$(exe_of lib plsc_comm 1)
 NCCL_EXE=$(exe_of test nccl 1)
+
+# target/debug/xtask is a link that every xtask build in this target dir replaces (other
+# builds run at the same time here): take the hash-named file it links to, which is this
+# feature set's own, and make sure it is the CUDA build (only that one carries the JSON text
+# of `bench head --backend cuda`).
+XTASK_EXE=
+for attempt in 1 2 3; do
+    echo "== building xtask (features cuda, nccl), attempt $attempt"
+    cargo build -p xtask --features cuda,nccl --message-format=json-render-diagnostics >>"$MSGS"
+    linked=$(exe_of bin xtask 0)
+    own=$(find "$(dirname "$linked")/deps" -maxdepth 1 -name 'xtask-*' -samefile "$linked" | head -1)
+    if [[ -n "$own" ]] && grep -q 'burn_head_step (one chunk)' "$own"; then
+        XTASK_EXE=$own
+        break
+    fi
+done
 if [[ -z "$XTASK_EXE" || -z "$LIB_EXE" || -z "$NCCL_EXE" ]]; then
-    echo "executables not found in cargo's output" >&2
+    echo "executables not found (xtask: '$XTASK_EXE', unit tests: '$LIB_EXE', nccl tests: '$NCCL_EXE')" >&2
     exit 1
 fi
 
@@ -69,7 +82,8 @@ mv "$OUT/gpu-check.sh.tmp" "$OUT/gpu-check.sh"
 
 {
     commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-    dirty=$(git diff --quiet HEAD -- crates xtask scripts Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)')
+    dirty=$(git diff --name-only HEAD -- crates xtask scripts Cargo.toml 2>/dev/null | tr '\n' ' ')
+    [[ -n "$dirty" ]] && dirty=" (+ uncommitted changes in: $dirty)"
     echo "commit: $commit$dirty"
     echo "built: $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(rustc --version)"
     echo "cudarc: $(grep -A1 'name = "cudarc"' Cargo.lock | sed -n 's/version = //p' | tr -d '"')"

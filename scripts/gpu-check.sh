@@ -128,7 +128,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
     ITERS=${BENCH_ITERS:-5}
     BENCH_JSON="$BUNDLE/bench-head-cuda.json"
     echo "== bench head --backend cuda --cases $CASES --iters $ITERS"
-    if timeout 600 "$XTASK" bench head --backend cuda --cases "$CASES" --iters "$ITERS" >"$BENCH_JSON.tmp"; then
+    if timeout 400 "$XTASK" bench head --backend cuda --cases "$CASES" --iters "$ITERS" >"$BENCH_JSON.tmp"; then
         mv "$BENCH_JSON.tmp" "$BENCH_JSON"
         cat "$BENCH_JSON"
         note "bench head --backend cuda: $BENCH_JSON"
