@@ -13,8 +13,8 @@ mod launch;
 mod machine;
 mod plot;
 mod reshard;
-mod train;
 mod serve;
+mod train;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -46,6 +46,9 @@ enum Command {
     /// (--embeddings, --issame), or an exported model and InsightFace .bin pair sets (--model,
     /// --bin), embedding every image and its mirror image (the flip test).
     Eval(eval::EvalArgs),
+    /// PNG charts of a run: loss, learning rate and accuracy against the step, and the ROC of
+    /// every verification (log-scale FPR, AUC and TAR@FAR in the legend). Prints the paths.
+    Plot(plot::PlotArgs),
     /// Start one process per rank on this node (torchrun style): rank layout in the
     /// environment, output prefixed with `[rank r]`, signals forwarded, and when one rank fails
     /// the others are stopped and launch exits non-zero. Example:
@@ -54,17 +57,10 @@ enum Command {
     /// Test helper of `launch`: prints its rank environment, sleeps, maybe fails.
     #[command(hide = true)]
     LaunchProbe(launch::ProbeArgs),
-    /// PNG charts of a run: loss, learning rate and accuracy against the step, and the ROC of
-    /// every verification (log-scale FPR, AUC and TAR@FAR in the legend). Prints the paths.
-    Plot(plot::PlotArgs),
     /// Reshard a checkpoint to another rank count (head rows bit for bit, streamed from mmaps).
     Reshard(reshard::ReshardArgs),
     /// Export a checkpoint's backbone for inference: backbone.safetensors + model.json.
     Export(reshard::ExportArgs),
-    /// Train: the shipped Fashion-MNIST job with no arguments (2 rank threads, dist_arcface,
-    /// iresnet_tiny), or `--config FILE` (TOML/JSON) with flag overrides; writes runs/<time>/.
-    Train(train::TrainArgs),
-    /// IDX files (MNIST, Fashion-MNIST) into the base64 layout plus a held-out-class `.bin`
     /// Serve an exported model over HTTP/JSON with dynamic batching: POST /v1/encode, PLSC's
     /// POST /FaceClassifyService/inference, GET /healthz, /v1/model, /metrics. Stops on
     /// SIGINT/SIGTERM after answering the requests in flight. Face models expect aligned
@@ -72,6 +68,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Ask a running server (or several, in turn) for embeddings; one JSON line per image.
     Encode(serve::EncodeArgs),
+    /// Train: the shipped Fashion-MNIST job with no arguments (2 rank threads, dist_arcface,
+    /// iresnet_tiny), or `--config FILE` (TOML/JSON) with flag overrides; writes runs/<time>/.
+    Train(Box<train::TrainArgs>),
+    /// IDX files (MNIST, Fashion-MNIST) into the base64 layout plus a held-out-class `.bin`
     /// pair set (how datasets/fashion_mnist was built).
     ImportIdx(import_idx::ImportIdxArgs),
 }
@@ -90,14 +90,14 @@ fn main() -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::HeadCheck(args) => head_check::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Plot(args) => plot::run(args),
         Command::Launch(args) => launch::run(args),
         Command::LaunchProbe(args) => launch::probe(args),
-        Command::Plot(args) => plot::run(args),
         Command::Reshard(args) => reshard::run_reshard(args),
         Command::Export(args) => reshard::run_export(args),
-        Command::Train(args) => train::run(args),
+        Command::Serve(args) => serve::run_serve(args),
+        Command::Encode(args) => serve::run_encode(args),
+        Command::Train(args) => train::run(*args),
         Command::ImportIdx(args) => import_idx::run(args),
     }
 }
-        Command::Serve(args) => serve::run_serve(args),
-        Command::Encode(args) => serve::run_encode(args),

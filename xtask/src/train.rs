@@ -88,6 +88,27 @@ pub struct TrainArgs {
     /// Rank threads.
     #[arg(long)]
     ranks: Option<usize>,
+    /// Root of the checkpoints (default: the run directory's `checkpoints/`).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Save a checkpoint every N steps (0: only at the end).
+    #[arg(long)]
+    checkpoint_period: Option<u64>,
+    /// Keep the newest K checkpoints (0: all).
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// Continue from the newest valid checkpoint: under --checkpoint-dir, else of the newest
+    /// run in --model-save-dir (that run directory continues). Step, lr schedule, loss scale,
+    /// data position, weights and momentum come back; with none yet, training starts afresh.
+    #[arg(long, conflicts_with = "pretrained")]
+    resume: bool,
+    /// Fine-tune from the weights of a checkpoint (a step-<n> directory or a root of them) on
+    /// any rank count; the head only with --pretrained-head.
+    #[arg(long)]
+    pretrained: Option<PathBuf>,
+    /// With --pretrained: load the head rows too (same class count and embedding size).
+    #[arg(long, requires = "pretrained")]
+    pretrained_head: bool,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -119,7 +140,17 @@ impl TrainArgs {
              val_targets => val_targets, test_period => test_period, log_period => log_period,
              calc_acc => calc_acc, model_save_dir => model_save_dir, with_test => with_test,
              mixed_precision => mixed_precision, sample_ratio => sample_ratio, seed => seed,
-             ranks => ranks);
+             ranks => ranks, checkpoint_period => checkpoint_period, keep_last => keep_last);
+        if let Some(dir) = &self.checkpoint_dir {
+            e.checkpoint_dir = Some(dir.clone());
+        }
+        if self.resume {
+            e.resume = true;
+        }
+        if let Some(dir) = &self.pretrained {
+            e.pretrained = Some(dir.clone());
+            e.pretrained_head = self.pretrained_head;
+        }
         if let Some(s) = self.steps {
             e.train_steps = Some(s);
         }
@@ -137,7 +168,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         print!("{}", entry.to_toml()?);
         return Ok(());
     }
-    let s = plsc_train::run(&entry, !args.no_progress)?;
+    // Under `cargo xtask launch` (or torchrun-, Paddle- or mpirun-style variables) this process
+    // is one rank of a multi-process run; otherwise the ranks are threads of this process.
+    let s = match plsc_comm::backend::connect_from_env()? {
+        Some(rc) => {
+            let mut entry = entry;
+            if entry.ranks != rc.env.world_size {
+                tracing::info!(
+                    "ranks = {} from the launcher's world size (the settings said {})",
+                    rc.env.world_size,
+                    entry.ranks
+                );
+                entry.ranks = rc.env.world_size;
+            }
+            let progress = !args.no_progress && rc.env.rank == 0;
+            match plsc_train::run_process(&entry, rc.comm.as_ref(), progress)? {
+                Some(s) => s,
+                None => return Ok(()),
+            }
+        }
+        None => plsc_train::run(&entry, !args.no_progress)?,
+    };
     let show = |p: &std::path::Path| plsc_train::job::display_path(p);
     println!("run directory   {}", show(&s.run_dir));
     println!("  settings      {}", show(&s.config));

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
+use plsc_comm::{CommExt, Communicator};
 use plsc_data::decode::ImageSpec;
 use plsc_data::stream::{BatchStream, Position, StreamConfig};
 use plsc_eval::PairSet;
@@ -16,7 +17,9 @@ use crate::entry::Entry;
 use crate::error::{Result, TrainError};
 use crate::model::TrainModel;
 use crate::run_dir::{JsonLines, create_run_dir, write_atomically};
-use crate::trainer::{BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Start, Timings, train};
+use crate::trainer::{
+    BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Start, Timings, train, train_rank,
+};
 
 /// The training backend on CPU.
 pub type CpuBackend = Autodiff<Flex>;
@@ -260,15 +263,203 @@ fn newest_run_with_checkpoints(parent: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Trains `entry` on the CPU and writes a new run directory under `entry.model_save_dir` (or,
-/// resuming, continues the run directory of the checkpoint).
+/// Trains `entry` on the CPU with `entry.ranks` rank threads and writes a new run directory
+/// under `entry.model_save_dir` (or, resuming, continues the run directory of the checkpoint).
 pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
     entry.validate()?;
     let device = Default::default();
     let streams: Vec<BatchStream> = (0..entry.ranks)
         .map(|r| open_stream(entry, r))
         .collect::<Result<_>>()?;
-    let spe = steps_per_epoch(entry, &streams[0]);
+    let spe = checked_steps_per_epoch(entry, &streams[0])?;
+    let beginning = find_beginning(entry)?;
+    let mut plan = Plan::new(entry, spe).starting_at(beginning.steps_done);
+    plan.data_steps_per_epoch = streams[0].steps_per_epoch().max(1);
+    let files = open_run_files(entry, &beginning, plan.start_step)?;
+    let checkpoints = checkpoint_root(entry, &beginning, &files.run_dir);
+    log_start(entry, &plan, &files.run_dir, "rank threads");
+    let outputs = Outputs {
+        metrics: Some(files.metrics),
+        progress,
+        val_sets: load_val_sets(entry)?,
+        checkpoint: Some((checkpoints.clone(), model_spec(entry))),
+        start: beginning.start,
+    };
+    let backbone = build_backbone(entry, &device)?;
+    let position = data_position(&plan);
+    let outcome = train::<CpuBackend, _, _>(
+        entry,
+        &backbone,
+        &device,
+        plan,
+        |rank| Ok(stream_batches_from(&streams[rank], rank, position)),
+        outputs,
+    )?;
+    finish_run(entry, &plan, &files.run_dir, &checkpoints, &outcome)
+}
+
+/// One process of a multi-process run (launched by `xtask launch` or `mpirun`): this process
+/// is rank `comm.rank()` of `comm.world_size()`, which must equal `entry.ranks`. Rank 0
+/// decides where the run goes and what it starts from (resume, pretrained) and tells the
+/// others; every rank reads its own part of the data and writes its head shard into the
+/// shared checkpoint directory; rank 0 writes the run directory and returns its summary.
+pub fn run_process(
+    entry: &Entry,
+    comm: &dyn Communicator,
+    progress: bool,
+) -> Result<Option<RunSummary>> {
+    entry.validate()?;
+    let rank = comm.rank();
+    let device = Default::default();
+    let stream = open_stream(entry, rank)?;
+    let spe = checked_steps_per_epoch(entry, &stream)?;
+
+    // Rank 0 decides; a failure there is told to the others instead of leaving them waiting.
+    let mut files = None;
+    let decided: std::result::Result<SharedStart, String> = if rank == 0 {
+        match find_beginning(entry).and_then(|b| {
+            let f = open_run_files(entry, &b, b.steps_done)?;
+            Ok((b, f))
+        }) {
+            Ok((b, f)) => {
+                let shared = SharedStart::of(entry, &b, &f.run_dir);
+                files = Some(f);
+                Ok(shared)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        Err(String::new())
+    };
+    let shared = broadcast_json(comm, rank, &decided)?;
+    let shared: SharedStart = match shared {
+        Ok(s) => s,
+        Err(msg) if rank == 0 => {
+            return Err(TrainError::Config {
+                name: "run",
+                detail: msg,
+            });
+        }
+        Err(msg) => {
+            return Err(TrainError::Config {
+                name: "run",
+                detail: format!("rank 0 could not prepare the run: {msg}"),
+            });
+        }
+    };
+    let start = shared.start()?;
+    let mut plan = Plan::new(entry, spe).starting_at(shared.steps_done);
+    plan.data_steps_per_epoch = stream.steps_per_epoch().max(1);
+    let run_dir = PathBuf::from(&shared.run_dir);
+    let checkpoints = PathBuf::from(&shared.checkpoints);
+    let mut outputs = Outputs {
+        checkpoint: Some((checkpoints.clone(), model_spec(entry))),
+        start,
+        ..Outputs::default()
+    };
+    if let Some(f) = files {
+        log_start(entry, &plan, &run_dir, "processes");
+        outputs.metrics = Some(f.metrics);
+        outputs.progress = progress;
+        outputs.val_sets = load_val_sets(entry)?;
+    }
+    let backbone = build_backbone(entry, &device)?;
+    let outcome = train_rank::<CpuBackend, _>(
+        entry,
+        comm,
+        backbone,
+        &device,
+        plan,
+        stream_batches_from(&stream, rank, data_position(&plan)),
+        outputs,
+    )?;
+    if rank != 0 {
+        return Ok(None);
+    }
+    finish_run(entry, &plan, &run_dir, &checkpoints, &outcome).map(Some)
+}
+
+/// What rank 0 tells the other processes about the run it prepared.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SharedStart {
+    run_dir: String,
+    checkpoints: String,
+    steps_done: u64,
+    /// `fresh`, `resume` or `pretrained`.
+    kind: String,
+    checkpoint: Option<String>,
+    with_head: bool,
+}
+
+impl SharedStart {
+    fn of(entry: &Entry, b: &Beginning, run_dir: &Path) -> Self {
+        let (kind, checkpoint, with_head) = match &b.start {
+            Start::Fresh => ("fresh", None, false),
+            Start::Resume(c) => ("resume", Some(c.dir().display().to_string()), false),
+            Start::Pretrained {
+                checkpoint,
+                with_head,
+            } => (
+                "pretrained",
+                Some(checkpoint.dir().display().to_string()),
+                *with_head,
+            ),
+        };
+        Self {
+            run_dir: run_dir.display().to_string(),
+            checkpoints: checkpoint_root(entry, b, run_dir).display().to_string(),
+            steps_done: b.steps_done,
+            kind: kind.into(),
+            checkpoint,
+            with_head,
+        }
+    }
+
+    /// Opens the checkpoint rank 0 chose (each rank checks the files it reads).
+    fn start(&self) -> Result<Start> {
+        let open = |dir: &String| {
+            plsc_ckpt::Checkpoint::open(Path::new(dir))
+                .map(Arc::new)
+                .map_err(|source| TrainError::Checkpoint {
+                    rank: 0,
+                    source: Box::new(source),
+                })
+        };
+        Ok(match (self.kind.as_str(), &self.checkpoint) {
+            ("resume", Some(dir)) => Start::Resume(open(dir)?),
+            ("pretrained", Some(dir)) => Start::Pretrained {
+                checkpoint: open(dir)?,
+                with_head: self.with_head,
+            },
+            _ => Start::Fresh,
+        })
+    }
+}
+
+/// Rank 0's `value` on every rank, as JSON bytes (length first, then the bytes).
+fn broadcast_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+    comm: &dyn Communicator,
+    rank: usize,
+    value: &T,
+) -> Result<T> {
+    let mut bytes = if rank == 0 {
+        serde_json::to_vec(value).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut len = [bytes.len() as i64];
+    comm.broadcast(&mut len, 0)?;
+    bytes.resize(len[0].max(0) as usize, 0);
+    comm.broadcast(&mut bytes, 0)?;
+    serde_json::from_slice(&bytes).map_err(|e| TrainError::Config {
+        name: "run",
+        detail: format!("rank {rank}: the run description from rank 0 does not parse: {e}"),
+    })
+}
+
+/// Steps per epoch, or an error when the data holds less than one global batch.
+fn checked_steps_per_epoch(entry: &Entry, stream: &BatchStream) -> Result<u64> {
+    let spe = steps_per_epoch(entry, stream);
     if spe == 0 {
         return Err(TrainError::Config {
             name: "train_batch_size",
@@ -279,15 +470,28 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
             ),
         });
     }
-    let beginning = find_beginning(entry)?;
-    let mut plan = Plan::new(entry, spe).starting_at(beginning.steps_done);
-    plan.data_steps_per_epoch = streams[0].steps_per_epoch().max(1);
-    let val_sets = load_val_sets(entry)?;
-    let backbone = build_backbone(entry, &device)?;
+    Ok(spe)
+}
 
-    let (run_dir, metrics_out) = match &beginning.run_dir {
+/// Where every rank's stream starts.
+fn data_position(plan: &Plan) -> Position {
+    let p = plan.data_position(plan.start_step);
+    Position {
+        epoch: p.epoch,
+        step: p.step,
+    }
+}
+
+/// Rank 0's run directory (new, or the continued one) with its settings and metrics file.
+struct RunFiles {
+    run_dir: PathBuf,
+    metrics: JsonLines,
+}
+
+fn open_run_files(entry: &Entry, beginning: &Beginning, start_step: u64) -> Result<RunFiles> {
+    let (run_dir, metrics) = match &beginning.run_dir {
         Some(dir) => {
-            let m = JsonLines::continue_after(&dir.join("metrics.jsonl"), plan.start_step)?;
+            let m = JsonLines::continue_after(&dir.join("metrics.jsonl"), start_step)?;
             (dir.clone(), m)
         }
         None => {
@@ -296,9 +500,32 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
             (dir, m)
         }
     };
-    let config = run_dir.join("config.toml");
-    entry.save(&config)?;
-    let metrics = run_dir.join("metrics.jsonl");
+    entry.save(&run_dir.join("config.toml"))?;
+    Ok(RunFiles { run_dir, metrics })
+}
+
+fn checkpoint_root(entry: &Entry, beginning: &Beginning, run_dir: &Path) -> PathBuf {
+    beginning
+        .checkpoint_root
+        .clone()
+        .or_else(|| entry.checkpoint_dir.clone())
+        .unwrap_or_else(|| run_dir.join("checkpoints"))
+}
+
+/// The backbone as the checkpoints and the exported model describe it.
+fn model_spec(entry: &Entry) -> plsc_ckpt::ModelSpec {
+    let spec = stream_config(entry, 0).spec;
+    plsc_ckpt::ModelSpec {
+        architecture: entry.model.clone(),
+        embedding_size: entry.embedding_size,
+        input_size: entry.input_size,
+        in_channels: entry.in_channels,
+        mean: spec.mean[..entry.in_channels.min(3)].to_vec(),
+        std: spec.std[..entry.in_channels.min(3)].to_vec(),
+    }
+}
+
+fn log_start(entry: &Entry, plan: &Plan, run_dir: &Path, how: &str) {
     tracing::info!(
         run_dir = %run_dir.display(),
         steps = plan.total_steps,
@@ -306,52 +533,22 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         steps_per_epoch = plan.steps_per_epoch,
         global_batch = entry.global_batch(),
         lr = entry.scaled_lr(),
-        "training {} with {} on {} rank threads",
+        "training {} with {} on {} {how}",
         entry.model,
         entry.loss,
         entry.ranks
     );
-    let checkpoints = beginning
-        .checkpoint_root
-        .clone()
-        .or_else(|| entry.checkpoint_dir.clone())
-        .unwrap_or_else(|| run_dir.join("checkpoints"));
-    let spec = stream_config(entry, 0).spec;
-    let outputs = Outputs {
-        metrics: Some(metrics_out),
-        progress,
-        val_sets,
-        checkpoint: Some((
-            checkpoints.clone(),
-            plsc_ckpt::ModelSpec {
-                architecture: entry.model.clone(),
-                embedding_size: entry.embedding_size,
-                input_size: entry.input_size,
-                in_channels: entry.in_channels,
-                mean: spec.mean[..entry.in_channels.min(3)].to_vec(),
-                std: spec.std[..entry.in_channels.min(3)].to_vec(),
-            },
-        )),
-        start: beginning.start,
-    };
-    let outcome = train::<CpuBackend, _, _>(
-        entry,
-        &backbone,
-        &device,
-        plan,
-        |rank| {
-            let position = plan.data_position(plan.start_step);
-            Ok(stream_batches_from(
-                &streams[rank],
-                rank,
-                Position {
-                    epoch: position.epoch,
-                    step: position.step,
-                },
-            ))
-        },
-        outputs,
-    )?;
+}
+
+/// Rank 0 after training: the backbone file, the exported model from the last checkpoint and
+/// `summary.json`.
+fn finish_run(
+    entry: &Entry,
+    plan: &Plan,
+    run_dir: &Path,
+    checkpoints: &Path,
+    outcome: &crate::trainer::TrainOutcome<plsc_models::Backbone<CpuBackend>>,
+) -> Result<RunSummary> {
     let backbone_path = run_dir.join("backbone.safetensors");
     outcome.ranks[0]
         .model
@@ -362,7 +559,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         rank: 0,
         source: Box::new(source),
     };
-    let last = plsc_ckpt::Checkpoint::open_dir_or_latest(&checkpoints).map_err(as_train_error)?;
+    let last = plsc_ckpt::Checkpoint::open_dir_or_latest(checkpoints).map_err(as_train_error)?;
     plsc_ckpt::export(&last, &model_dir).map_err(as_train_error)?;
     let mut final_eval: Vec<EvalRecord> = Vec::new();
     for e in outcome.evals.iter().rev() {
@@ -372,12 +569,13 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
     }
     let t = outcome.timings;
     let train_s = (t.total_s - t.eval_s).max(1e-9);
+    let steps_run = plan.total_steps.saturating_sub(plan.start_step);
     let summary = RunSummary {
-        run_dir: run_dir.clone(),
-        config,
-        metrics,
+        run_dir: run_dir.to_path_buf(),
+        config: run_dir.join("config.toml"),
+        metrics: run_dir.join("metrics.jsonl"),
         backbone: backbone_path,
-        checkpoints,
+        checkpoints: checkpoints.to_path_buf(),
         model: model_dir,
         steps: plan.total_steps,
         steps_per_epoch: plan.steps_per_epoch,
@@ -388,7 +586,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         skipped_steps: outcome.skipped_steps,
         final_eval,
         timings: t,
-        images_per_sec: (plan.total_steps as usize * entry.global_batch()) as f64 / train_s,
+        images_per_sec: (steps_run as usize * entry.global_batch()) as f64 / train_s,
     };
     let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
     write_atomically(&run_dir.join("summary.json"), json.as_bytes())?;

@@ -41,7 +41,7 @@ pub mod trainer;
 
 pub use entry::{Entry, LossScaleConfig};
 pub use error::{Result, TrainError};
-pub use job::{CpuBackend, RunSummary, run};
+pub use job::{CpuBackend, RunSummary, run, run_process};
 pub use model::TrainModel;
 pub use schedule::{LrPolicy, LrSchedule};
 pub use trainer::{

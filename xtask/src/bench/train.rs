@@ -101,6 +101,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Plan {
             steps_per_epoch: total,
             total_steps: total,
+            start_step: 0,
+            data_steps_per_epoch: total,
         },
         |rank| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(rank as u64);
