@@ -42,8 +42,8 @@ pub(crate) fn fold_rank_order<T: Element>(all: &[T], out: &mut [T], op: ReduceOp
     }
 }
 
-/// Queues the reduction of `buf` (already on the device at `d`) over ranks and leaves the
-/// result in `buf`.
+/// Copies `buf` to the device, reduces it over ranks (rank-order fold on the host, or NCCL's
+/// reduction) and leaves the result in `buf`.
 fn all_reduce_staged<T: Staged>(
     s: &Session<'_>,
     buf: &mut [T],
