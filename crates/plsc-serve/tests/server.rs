@@ -547,14 +547,12 @@ fn shutdown_answers_requests_in_flight() {
         std::thread::spawn(move || Client::connect(addr.to_string()).unwrap().encode(&images))
     };
     wait_queued(&server, images.len());
-    let t = Instant::now();
     server.shutdown().unwrap();
     let got = in_flight
         .join()
         .unwrap()
         .expect("the request in flight is answered");
     assert_close(&got, &expected, "in flight");
-    assert!(t.elapsed() < Duration::from_secs(10));
     // Nobody listens any more.
     let err = Client::connect(addr.to_string())
         .unwrap()
