@@ -11,6 +11,8 @@ mod head_check;
 mod import_idx;
 mod launch;
 mod machine;
+#[cfg(feature = "blas")]
+mod openblas;
 mod plot;
 mod reshard;
 mod serve;
@@ -84,6 +86,8 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(feature = "blas")]
+    openblas::ensure_core_type();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),

@@ -100,7 +100,26 @@ impl PlainMatmul {
         }
     }
 
+    /// Seconds of one product: with the `blas` feature, OpenBLAS (one thread per call, as the
+    /// head runs it) over column blocks on the rayon threads, as `out^T = w . x^T`.
+    #[cfg(feature = "blas")]
+    fn time(&mut self) -> f64 {
+        use rayon::prelude::*;
+        let (b, d, c) = (self.b, self.d, self.c);
+        let block = c.div_ceil(rayon::current_num_threads() * 4).max(1);
+        let t = Instant::now();
+        self.out
+            .par_chunks_mut(block * b)
+            .zip(self.w.par_chunks(block * d))
+            .for_each(|(out, w)| {
+                let rows = w.len() / d;
+                plsc_core::cpu::gemm::a_bt(out, w, &self.x, rows, b, d);
+            });
+        t.elapsed().as_secs_f64()
+    }
+
     /// Seconds of one product.
+    #[cfg(not(feature = "blas"))]
     fn time(&mut self) -> f64 {
         let (b, d, c) = (self.b, self.d, self.c);
         let t = Instant::now();
@@ -274,6 +293,7 @@ pub fn run(args: HeadArgs) -> anyhow::Result<()> {
         "loss": args.loss,
         "ranks": 1,
         "threads": rayon::current_num_threads(),
+        "cpu_gemm": plsc_core::cpu::gemm::backend_name(),
         "cases": cases,
         "machine": machine_info(),
     });

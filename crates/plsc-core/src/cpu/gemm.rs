@@ -1,9 +1,109 @@
 //! Thin, checked wrappers over the `gemm` crate for the three products of the head, on
 //! row-major buffers. Every product runs single-threaded: the head parallelises over class
 //! ranges, one worker per thread, so each worker's tile stays in its own core's cache.
+//!
+//! With the feature `blas`, f32 and f64 products go to the system OpenBLAS instead
+//! (`cblas_sgemm` / `cblas_dgemm`, OpenBLAS limited to one thread per call for the same
+//! reason); [`backend_name`] says which one a build uses.
 
 use crate::float::HeadFloat;
 use gemm::Parallelism;
+
+/// The GEMM implementation of this build: `"gemm crate"` or `"OpenBLAS"`.
+pub fn backend_name() -> &'static str {
+    if cfg!(feature = "blas") {
+        "OpenBLAS"
+    } else {
+        "gemm crate"
+    }
+}
+
+#[cfg(feature = "blas")]
+mod blas {
+    use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, cblas_dgemm, cblas_sgemm};
+    use std::any::TypeId;
+    use std::os::raw::c_int;
+    use std::sync::Once;
+
+    #[link(name = "openblas")]
+    unsafe extern "C" {
+        fn openblas_set_num_threads(n: c_int);
+    }
+
+    /// `C[m x n] = alpha * op(A) . op(B) + beta * C`, row-major, for f32 and f64; `false`
+    /// (nothing done) for other element types.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm<T: 'static>(
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[T],
+        lda: usize,
+        b: &[T],
+        ldb: usize,
+        beta: f64,
+        c: &mut [T],
+    ) -> bool {
+        static ONE_THREAD: Once = Once::new();
+        // SAFETY: a plain setter of OpenBLAS's thread count, called once.
+        ONE_THREAD.call_once(|| unsafe { openblas_set_num_threads(1) });
+        let t = |on: bool| {
+            if on {
+                CBLAS_TRANSPOSE::CblasTrans
+            } else {
+                CBLAS_TRANSPOSE::CblasNoTrans
+            }
+        };
+        let dims = [m, n, k, lda, ldb, n].map(|v| v as c_int);
+        let [m, n, k, lda, ldb, ldc] = dims;
+        let layout = CBLAS_LAYOUT::CblasRowMajor;
+        // SAFETY: the callers assert that the slices hold the shapes passed; T is f32 or f64
+        // exactly when the pointer casts below are taken.
+        unsafe {
+            if TypeId::of::<T>() == TypeId::of::<f32>() {
+                cblas_sgemm(
+                    layout,
+                    t(trans_a),
+                    t(trans_b),
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    a.as_ptr().cast(),
+                    lda,
+                    b.as_ptr().cast(),
+                    ldb,
+                    beta as f32,
+                    c.as_mut_ptr().cast(),
+                    ldc,
+                );
+                true
+            } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+                cblas_dgemm(
+                    layout,
+                    t(trans_a),
+                    t(trans_b),
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    a.as_ptr().cast(),
+                    lda,
+                    b.as_ptr().cast(),
+                    ldb,
+                    beta,
+                    c.as_mut_ptr().cast(),
+                    ldc,
+                );
+                true
+            } else {
+                false
+            }
+        }
+    }
+}
 
 /// `dst[m x n] = a[m x k] . b[n x k]^T` (both row-major): logits = features . weight^T.
 pub fn a_bt<T: HeadFloat>(dst: &mut [T], a: &[T], b: &[T], m: usize, n: usize, k: usize) {
@@ -12,6 +112,10 @@ pub fn a_bt<T: HeadFloat>(dst: &mut [T], a: &[T], b: &[T], m: usize, n: usize, k
         "gemm a_bt shapes"
     );
     if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(feature = "blas")]
+    if blas::gemm(false, true, m, n, k, a, k, b, k, 0.0, dst) {
         return;
     }
     // SAFETY: the asserts above keep every index the kernel forms (row < m, col < n, inner < k
@@ -48,6 +152,10 @@ pub fn acc_a_b<T: HeadFloat>(dst: &mut [T], a: &[T], b: &[T], m: usize, n: usize
         "gemm acc_a_b shapes"
     );
     if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    #[cfg(feature = "blas")]
+    if blas::gemm(false, false, m, n, k, a, k, b, n, 1.0, dst) {
         return;
     }
     // SAFETY: as in `a_bt`, the asserts bound every index; dst is exclusive.
@@ -87,6 +195,10 @@ pub fn at_b<T: HeadFloat>(dst: &mut [T], a: &[T], b: &[T], m: usize, n: usize, k
     }
     if k == 0 {
         dst[..m * n].fill(T::zero());
+        return;
+    }
+    #[cfg(feature = "blas")]
+    if blas::gemm(true, false, m, n, k, a, m, b, n, 0.0, dst) {
         return;
     }
     // SAFETY: as in `a_bt`, the asserts bound every index; dst is exclusive.

@@ -13,7 +13,7 @@
 //! - chunked: the forward pass keeps only the row statistics and the backward pass recomputes
 //!   each tile's logits: `8 B D C_s` flops, memory `O(B K + K D + B D)` per worker.
 
-mod gemm;
+pub mod gemm;
 pub mod rows;
 pub mod tile;
 pub mod topk;
