@@ -256,11 +256,19 @@ fn run_batch(
     let mut out = Vec::new();
     let mut failure = None;
     // A job larger than `max_batch` runs alone, in chunks of `max_batch` rows.
-    for chunk in images.chunks(settings.max_batch * numel) {
+    let chunks: Vec<Vec<f32>> = if rows <= settings.max_batch {
+        vec![images]
+    } else {
+        images
+            .chunks(settings.max_batch * numel)
+            .map(<[f32]>::to_vec)
+            .collect()
+    };
+    for chunk in chunks {
         let n = chunk.len() / numel;
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            forward(backbone, &settings.spec, chunk.to_vec(), n)
+            forward(backbone, &settings.spec, chunk, n)
         }));
         metrics.record_batch(requests, n, started.elapsed());
         match result {

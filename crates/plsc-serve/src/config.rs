@@ -79,3 +79,36 @@ impl ServeConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_settings_are_named() {
+        ServeConfig::default().validate().unwrap();
+        let zero_batch = ServeConfig {
+            max_batch: 0,
+            ..ServeConfig::default()
+        };
+        assert!(
+            zero_batch
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_batch")
+        );
+        let unqueueable = ServeConfig {
+            max_images_per_request: 10,
+            max_queue_images: 5,
+            ..ServeConfig::default()
+        };
+        let err = unqueueable.validate().unwrap_err().to_string();
+        assert!(err.contains("could never be queued"), "{err}");
+        let no_time = ServeConfig {
+            request_timeout: Duration::ZERO,
+            ..ServeConfig::default()
+        };
+        assert!(no_time.validate().is_err());
+    }
+}

@@ -24,6 +24,14 @@ pub enum ServeError {
         #[source]
         source: Box<plsc_models::ModelError>,
     },
+    /// A model directory could not be written.
+    #[error("writing the model directory {}: {detail}", dir.display())]
+    WriteModel {
+        /// The directory.
+        dir: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// A setting is out of range.
     #[error("invalid serve configuration: {0}")]
     Config(String),

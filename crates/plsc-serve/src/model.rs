@@ -215,6 +215,10 @@ pub fn write_model_dir<B: burn::tensor::backend::Backend>(
             source,
         }
     };
+    let write_err = |detail: String| ServeError::WriteModel {
+        dir: dir.to_path_buf(),
+        detail,
+    };
     let tensors = backbone.state_tensors();
     let kinds: std::collections::BTreeMap<&str, &str> = tensors
         .iter()
@@ -239,13 +243,13 @@ pub fn write_model_dir<B: burn::tensor::backend::Backend>(
                 .map(|v| (t.entry.name.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| ServeError::Inference(format!("serialising the backbone: {e}")))?;
+        .map_err(|e| write_err(format!("serialising the backbone: {e}")))?;
     let metadata = std::collections::HashMap::from([(
         "plsc_kinds".to_string(),
         serde_json::to_string(&kinds).unwrap_or_default(),
     )]);
     let st = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| ServeError::Inference(format!("serialising the backbone: {e}")))?;
+        .map_err(|e| write_err(format!("serialising the backbone: {e}")))?;
     let json = plsc_ckpt::ModelJson {
         format: plsc_ckpt::export::EXPORT_FORMAT.into(),
         format_version: plsc_ckpt::export::EXPORT_VERSION,
@@ -266,7 +270,7 @@ pub fn write_model_dir<B: burn::tensor::backend::Backend>(
         source_step,
     };
     let text = serde_json::to_vec_pretty(&json)
-        .map_err(|e| ServeError::Inference(format!("writing model.json: {e}")))?;
+        .map_err(|e| write_err(format!("writing model.json: {e}")))?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -93,3 +93,82 @@ pub fn push_image(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 20) as u8, (y * 30) as u8, 7]));
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    fn spec() -> ImageSpec {
+        ImageSpec {
+            height: 8,
+            width: 8,
+            channels: 3,
+            mean: [127.5; 3],
+            std: [128.0; 3],
+        }
+    }
+
+    #[test]
+    fn base64_accepts_padding_variants_data_urls_and_line_breaks() {
+        let bytes = png(5, 4);
+        let plain = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let unpadded = plain.trim_end_matches('=').to_string();
+        let wrapped: String = plain
+            .as_bytes()
+            .chunks(20)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let url = format!("data:image/png;base64,{plain}");
+        for text in [&plain, &unpadded, &wrapped, &url] {
+            assert_eq!(decode_base64(text, 0).unwrap(), bytes, "{text}");
+        }
+        let err = decode_base64("ab$d", 3).unwrap_err();
+        assert!(
+            matches!(err, ServeError::BadImage { index: 3, .. }),
+            "{err}"
+        );
+        assert!(
+            decode_base64("", 0)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+    }
+
+    #[test]
+    fn flip_rows_equal_the_training_decoders_mirror_image() {
+        let bytes = png(11, 9);
+        let spec = spec();
+        let mut out = Vec::new();
+        push_image(&bytes, 0, &spec, true, 1 << 20, &mut out).unwrap();
+        let mut plain = vec![0.0; spec.numel()];
+        let mut mirror = vec![0.0; spec.numel()];
+        decode_into(&bytes, &spec, false, &mut plain).unwrap();
+        decode_into(&bytes, &spec, true, &mut mirror).unwrap();
+        assert_eq!(out.len(), 2 * spec.numel());
+        assert_eq!(&out[..spec.numel()], &plain[..]);
+        assert_eq!(&out[spec.numel()..], &mirror[..]);
+    }
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_before_decoding() {
+        let spec = spec();
+        let mut out = vec![1.0];
+        let err = push_image(&png(40, 30), 2, &spec, false, 1199, &mut out).unwrap_err();
+        assert!(err.to_string().contains("40x30 = 1200 pixels"), "{err}");
+        assert_eq!(out, [1.0], "nothing appended");
+        push_image(&png(40, 30), 2, &spec, false, 1200, &mut out).unwrap();
+        assert_eq!(out.len(), 1 + spec.numel());
+    }
+}

@@ -618,3 +618,35 @@ fn a_model_directory_with_a_bad_checksum_is_refused() {
     );
     assert!(ServeModel::load(Path::new("/nonexistent/model")).is_err());
 }
+
+#[test]
+fn a_request_larger_than_max_batch_runs_in_chunks_and_keeps_its_order() {
+    let f = fixture();
+    let config = ServeConfig {
+        max_batch: 3,
+        ..ServeConfig::default()
+    };
+    let server = start(&f, config);
+    let client = Client::connect(server.local_addr().to_string()).unwrap();
+    let images = test_images();
+    let got = client
+        .encode_with(
+            &images,
+            EncodeOptions {
+                flip: true,
+                normalize: false,
+            },
+        )
+        .unwrap();
+    let (plain, mirror) = (reference(&f, &images, false), reference(&f, &images, true));
+    let sum: Vec<Vec<f32>> = plain
+        .iter()
+        .zip(&mirror)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y).collect())
+        .collect();
+    assert_close(&got, &sum, "chunked flip");
+    let stats = server.handle().batch_stats();
+    // 4 images and their mirror images: 8 rows in runs of at most 3.
+    assert_eq!((stats.batches, stats.images, stats.max_images), (3, 8, 3));
+    server.shutdown().unwrap();
+}
