@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Address to listen on (only there; 0.0.0.0 listens on every interface).
     #[arg(long, default_value = "127.0.0.1")]
     addr: IpAddr,
-    /// Port to listen on (0 picks a free one, printed in the log).
+    /// Port to listen on (0 picks a free one: the line `listening on ADDR` on stdout names it).
     #[arg(long, default_value_t = 8010)]
     port: u16,
     /// Most images per backbone run; 1 turns batching off.
