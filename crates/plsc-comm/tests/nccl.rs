@@ -260,5 +260,8 @@ fn burn_cuda_tensors_at_world_1_come_back_unchanged() {
             Tensor::<Cuda, 2>::from_data(TensorData::new(Vec::<f32>::new(), [0, 6]), &device);
         let (t, counts) = comm.all_gather_rows_varcount(empty).unwrap();
         assert_eq!((t.dims(), counts), ([0, 6], vec![0]));
+        let empty = Tensor::<Cuda, 1>::from_data(TensorData::new(Vec::<f32>::new(), [0]), &device);
+        let summed = comm.all_reduce_tensor(empty, ReduceOp::Sum).unwrap();
+        assert_eq!(summed.dims(), [0]);
     }
 }

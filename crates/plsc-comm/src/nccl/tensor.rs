@@ -197,6 +197,10 @@ fn sync(
 
 /// Rank-order sum of `world` blocks of `n` elements (`[world * n]`): block 0 + block 1 + ...
 fn fold_blocks(all: Tensor<Cuda, 1>, world: usize, n: usize) -> Tensor<Cuda, 1> {
+    if n == 0 {
+        // `all` is empty too; burn does not take zero-length narrows.
+        return all;
+    }
     let mut acc = all.clone().narrow(0, 0, n);
     for r in 1..world {
         acc = acc + all.clone().narrow(0, r * n, n);
