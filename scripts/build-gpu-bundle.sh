@@ -2,15 +2,15 @@
 # Builds, on a machine without CUDA, everything scripts/gpu-check.sh runs on a GPU machine
 # without Rust, into one folder (default target/gpu-bundle) that a later session carries:
 #
-#   xtask                   `cargo build -p xtask --features cuda,nccl` (bench head --backend cuda)
-#   plsc-comm-lib-tests     plsc-comm's unit tests with feature `nccl`
-#   plsc-comm-nccl-tests    crates/plsc-comm/tests/nccl.rs (the collective suite at world 1)
+#   xtask.gz                `cargo build -p xtask --features cuda,nccl` (bench head --backend cuda)
+#   plsc-comm-lib-tests.gz  plsc-comm's unit tests with feature `nccl`
+#   plsc-comm-nccl-tests.gz crates/plsc-comm/tests/nccl.rs (the collective suite at world 1)
 #   gpu-check.sh            the script that runs them
 #   MANIFEST.txt            commit, date, sizes, sha256
 #
 # The binaries are stripped (debug info and symbols: panic messages stay, backtraces lose their
-# function names) so the folder stays under 64 MiB, the carry limit (about 56 MB at the first
-# build: xtask 38.5 MB, the NCCL tests 16 MB, the unit tests 1 MB).
+# function names) and gzip-compressed (gpu-check.sh unpacks them) so the folder stays well
+# under 64 MiB, the carry limit (60 MB stripped only, about 16 MB compressed, in Nov 2026).
 # Uses the dev profile (the dependencies are optimised there) and cargo's target dir
 # (CARGO_TARGET_DIR is honoured).
 #
@@ -67,11 +67,12 @@ if [[ -z "$XTASK_EXE" || -z "$LIB_EXE" || -z "$NCCL_EXE" ]]; then
     exit 1
 fi
 
-copy() { # src dst: copy to a temp name, strip debug info and symbols, rename
+copy() { # src dst: strip debug info and symbols, compress to dst.gz (temp name, rename)
     cp "$1" "$2.tmp"
     strip --strip-all "$2.tmp" 2>/dev/null || objcopy --strip-all "$2.tmp" 2>/dev/null || true
-    chmod +x "$2.tmp"
-    mv "$2.tmp" "$2"
+    gzip -9 -c "$2.tmp" >"$2.gz.tmp"
+    rm -f "$2.tmp" "$2"
+    mv "$2.gz.tmp" "$2.gz"
 }
 copy "$XTASK_EXE" "$OUT/xtask"
 copy "$LIB_EXE" "$OUT/plsc-comm-lib-tests"
@@ -87,7 +88,7 @@ mv "$OUT/gpu-check.sh.tmp" "$OUT/gpu-check.sh"
     echo "commit: $commit$dirty"
     echo "built: $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(rustc --version)"
     echo "cudarc: $(grep -A1 'name = "cudarc"' Cargo.lock | sed -n 's/version = //p' | tr -d '"')"
-    for f in xtask plsc-comm-lib-tests plsc-comm-nccl-tests gpu-check.sh; do
+    for f in xtask.gz plsc-comm-lib-tests.gz plsc-comm-nccl-tests.gz gpu-check.sh; do
         printf '%s  %s bytes  %s\n' "$f" "$(stat -c %s "$OUT/$f")" "$(sha256sum "$OUT/$f" | cut -d' ' -f1)"
     done
 } >"$OUT/MANIFEST.txt.tmp"

@@ -8,22 +8,34 @@
 #                                          inside the bundle: gpu-bundle/gpu-check.sh)
 #
 # Environment: BENCH_CASES (default "100000:1:default,1000000:1:default,1000000:0.1:default"),
-# BENCH_ITERS (default 5), SKIP_BENCH=1 to run the collectives only.
+# BENCH_ITERS (default 5), SKIP_BENCH=1 to run the collectives only; the bench's JSON is also
+# written to $OUT/bench-head-cuda.json when OUT names a folder (the device runner's).
 # Exit status: non-zero when any step failed; every step still runs and reports.
 set -uo pipefail
 
 BUNDLE=${1:-$(cd "$(dirname "$0")" && pwd)}
 BUNDLE=$(cd "$BUNDLE" && pwd)
-TESTS_LIB="$BUNDLE/plsc-comm-lib-tests"
-TESTS_NCCL="$BUNDLE/plsc-comm-nccl-tests"
-XTASK="$BUNDLE/xtask"
 STATUS=0
 SUMMARY=()
 note() { SUMMARY+=("$*"); echo "== $*"; }
 
-for f in "$TESTS_LIB" "$TESTS_NCCL" "$XTASK"; do
-    [[ -x "$f" ]] || { echo "missing $f: build the bundle with scripts/build-gpu-bundle.sh" >&2; exit 2; }
+# The binaries travel gzip-compressed (plain ones are taken as they are).
+BIN=$(mktemp -d /tmp/plsc-gpu-bin.XXXXXX)
+LINKDIR=$(mktemp -d /tmp/plsc-gpu-libs.XXXXXX)
+trap 'rm -rf "$BIN" "$LINKDIR"' EXIT
+for b in xtask plsc-comm-lib-tests plsc-comm-nccl-tests; do
+    if [[ -f "$BUNDLE/$b.gz" ]]; then
+        gzip -dc "$BUNDLE/$b.gz" >"$BIN/$b" && chmod +x "$BIN/$b"
+    elif [[ -x "$BUNDLE/$b" ]]; then
+        ln -s "$BUNDLE/$b" "$BIN/$b"
+    else
+        echo "missing $BUNDLE/$b(.gz): build the bundle with scripts/build-gpu-bundle.sh" >&2
+        exit 2
+    fi
 done
+TESTS_LIB="$BIN/plsc-comm-lib-tests"
+TESTS_NCCL="$BIN/plsc-comm-nccl-tests"
+XTASK="$BIN/xtask"
 [[ -f "$BUNDLE/MANIFEST.txt" ]] && { echo "== bundle:"; cat "$BUNDLE/MANIFEST.txt"; }
 
 echo "== machine"
@@ -63,8 +75,6 @@ find_lib() { # name pattern -> first match
     ldconfig -p 2>/dev/null | awk -v p="$pat" '$1 ~ p {print $NF; exit}'
 }
 
-LINKDIR=$(mktemp -d /tmp/plsc-gpu-libs.XXXXXX)
-trap 'rm -rf "$LINKDIR"' EXIT
 # cudarc looks for libnccl.so (and .so.<CUDA major>, .so.12, ...) but never libnccl.so.2, the
 # name NCCL installs: link libnccl.so to it.
 NCCL_SO=$(find_lib 'libnccl.so.2*')
@@ -126,7 +136,7 @@ run_tests "plsc-comm NCCL tests, world size 1" "$TESTS_NCCL"
 if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
     CASES=${BENCH_CASES:-100000:1:default,1000000:1:default,1000000:0.1:default}
     ITERS=${BENCH_ITERS:-5}
-    BENCH_JSON="$BUNDLE/bench-head-cuda.json"
+    BENCH_JSON="${OUT:-$BIN}/bench-head-cuda.json"
     echo "== bench head --backend cuda --cases $CASES --iters $ITERS"
     if timeout 400 "$XTASK" bench head --backend cuda --cases "$CASES" --iters "$ITERS" >"$BENCH_JSON.tmp"; then
         mv "$BENCH_JSON.tmp" "$BENCH_JSON"
