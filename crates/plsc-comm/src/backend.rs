@@ -5,7 +5,7 @@
 //! | `tcp`     | [`TcpComm`](crate::tcp::TcpComm) over the rendezvous on `MASTER_ADDR:MASTER_PORT` |
 //! | `mpi`     | `MpiComm` (module `mpi`) over `mpirun`'s world (feature `mpi`) |
 //! | `threads` | the in-process thread group; across processes only world size 1 |
-//! | `nccl`    | per device: built by the NCCL module (feature `nccl`)          |
+//! | `nccl`    | `NcclComm::from_env` on GPU `LOCAL_RANK`, bootstrapped through the rendezvous (feature `nccl`) |
 
 use crate::communicator::Communicator;
 use crate::env::RankEnv;
@@ -56,14 +56,7 @@ pub fn connect(backend: &str, env: &RankEnv) -> Result<Box<dyn Communicator>, Co
                 })?;
             Box::new(comm)
         }
-        "nccl" => {
-            return Err(CommError::BackendUnavailable {
-                backend: name,
-                detail: "NCCL communicators are bound to a device: build one with the NCCL \
-                         module (feature `nccl`), bootstrapped through `rendezvous::Rendezvous`"
-                    .to_string(),
-            });
-        }
+        "nccl" => connect_nccl(env)?,
         _ => {
             return Err(CommError::BackendUnavailable {
                 backend: name,
@@ -117,6 +110,24 @@ pub fn connect_from_env() -> Result<Option<RankComm>, CommError> {
         .unwrap_or_else(|| default_backend(&env).to_string());
     let comm = connect(&backend, &env)?;
     Ok(Some(RankComm { env, comm }))
+}
+
+#[cfg(feature = "nccl")]
+fn connect_nccl(env: &RankEnv) -> Result<Box<dyn Communicator>, CommError> {
+    Ok(Box::new(crate::nccl::NcclComm::from_env(
+        env,
+        crate::nccl::NcclOptions::default(),
+    )?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn connect_nccl(_env: &RankEnv) -> Result<Box<dyn Communicator>, CommError> {
+    Err(CommError::BackendUnavailable {
+        backend: "nccl".to_string(),
+        detail: "this build has no NCCL: rebuild with the feature `nccl` \
+                 (`--features plsc-comm/nccl`, or xtask's `nccl`)"
+            .to_string(),
+    })
 }
 
 #[cfg(feature = "mpi")]

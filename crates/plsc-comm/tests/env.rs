@@ -217,6 +217,14 @@ fn backends_name_what_is_missing() {
         }
         other => panic!("{:?}", other.map(|c| c.rank())),
     }
+    #[cfg(not(feature = "nccl"))]
+    match plsc_comm::backend::connect("NCCL", &env) {
+        Err(CommError::BackendUnavailable { backend, detail }) => {
+            assert_eq!(backend, "nccl");
+            assert!(detail.contains("feature `nccl`"), "{detail}");
+        }
+        other => panic!("{:?}", other.map(|c| c.rank())),
+    }
     // World size 1 gets a working single-rank communicator.
     let one = parse(&[("RANK", "0"), ("WORLD_SIZE", "1")])
         .unwrap()
