@@ -239,3 +239,70 @@ fn three_tcp_processes_pass_the_collective_suite() {
         assert!(stdout.contains(&want), "missing {want:?} in\n{stdout}");
     }
 }
+
+#[test]
+fn a_rank_killed_from_outside_stops_the_others() {
+    let mut child = launch(&[
+        "--nproc-per-node",
+        "3",
+        "--",
+        "launch-probe",
+        "--sleep-ms",
+        "600000",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut ranks = Vec::new();
+    let mut line = String::new();
+    while ranks.len() < 3 {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "launch ended early"
+        );
+        if let Some(pid) = probe_pids(&line).first() {
+            let rank: usize = line["[rank ".len()..]
+                .split(']')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            ranks.push((rank, *pid));
+        }
+    }
+    let victim = ranks.iter().find(|(r, _)| *r == 2).unwrap().1;
+    // SAFETY: plain kill of a probe process this test's launch started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let out = finish(child);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("rank 2 failed (signal 9)"), "{stderr}");
+    for (_, pid) in ranks {
+        assert!(!is_alive(pid), "probe {pid} still runs");
+    }
+}
+
+/// Needs Open MPI: `cargo test -p xtask --features mpi --test launch_cli` (`.ci/run`).
+#[cfg(feature = "mpi")]
+#[test]
+fn two_mpi_processes_pass_the_collective_suite() {
+    let out = run(&[
+        "--nproc-per-node",
+        "2",
+        "--backend",
+        "mpi",
+        "--",
+        "launch-probe",
+        "--suite",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for r in 0..2 {
+        let want = format!("suite ok: rank {r} of 2: 264 results");
+        assert!(stdout.contains(&want), "missing {want:?} in\n{stdout}");
+    }
+}
