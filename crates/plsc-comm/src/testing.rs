@@ -109,7 +109,8 @@ pub fn data<T: SuiteElem>(rank: usize, len: usize, salt: usize) -> Vec<T> {
     (0..len).map(|i| T::make(rank, i, salt)).collect()
 }
 
-fn bits<T: SuiteElem>(v: &[T]) -> Vec<u64> {
+/// The exact bits of every element, for comparisons.
+pub fn bits<T: SuiteElem>(v: &[T]) -> Vec<u64> {
     v.iter().map(|&x| x.bits()).collect()
 }
 
@@ -122,7 +123,7 @@ fn salt(len: usize, case: usize) -> usize {
 }
 
 /// Rank-order fold of `bufs` (one per rank): the reference all-reduce.
-fn fold<T: SuiteElem>(bufs: &[Vec<T>], op: ReduceOp) -> Vec<T> {
+pub fn fold<T: SuiteElem>(bufs: &[Vec<T>], op: ReduceOp) -> Vec<T> {
     let f = match op {
         ReduceOp::Sum => T::ref_sum,
         ReduceOp::Max => T::ref_max,
@@ -219,7 +220,10 @@ fn expected<T: SuiteElem>(n: usize, r: usize) -> Vec<Vec<u64>> {
     out
 }
 
-fn check<T: SuiteElem>(comm: &dyn Communicator) -> Result<usize, CommError> {
+/// The suite for one element type: every collective on this rank, each result compared bit
+/// for bit with the serial reference. Every rank of the group must call it. Returns the number
+/// of results checked.
+pub fn check_elem<T: SuiteElem>(comm: &dyn Communicator) -> Result<usize, CommError> {
     let got = run_sequence::<T>(comm)?;
     let want = expected::<T>(comm.world_size(), comm.rank());
     let fail = |detail: String| CommError::Backend {
@@ -258,9 +262,9 @@ fn check<T: SuiteElem>(comm: &dyn Communicator) -> Result<usize, CommError> {
 /// error is returned as is, a wrong result as [`CommError::Backend`] naming the type, rank
 /// and result.
 pub fn collective_suite(comm: &dyn Communicator) -> Result<usize, CommError> {
-    let mut checked = check::<f32>(comm)?;
-    checked += check::<f64>(comm)?;
-    checked += check::<i64>(comm)?;
-    checked += check::<u8>(comm)?;
+    let mut checked = check_elem::<f32>(comm)?;
+    checked += check_elem::<f64>(comm)?;
+    checked += check_elem::<i64>(comm)?;
+    checked += check_elem::<u8>(comm)?;
     Ok(checked)
 }

@@ -7,10 +7,11 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::{bits, data, guarded};
+use common::guarded;
 use plsc_comm::rendezvous::{Rendezvous, RendezvousConfig, RendezvousMaster};
 use plsc_comm::tcp::TcpComm;
 use plsc_comm::testing::collective_suite;
+use plsc_comm::testing::{bits, data};
 use plsc_comm::{CommError, CommExt, Communicator, ReduceOp, run_ranks};
 
 /// A TCP group of `n` ranks, rank 0 first.
