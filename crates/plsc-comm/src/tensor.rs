@@ -153,35 +153,21 @@ pub mod host {
         (shape[0], shape[1])
     }
 
-    /// Exchanges `[rows, cols]` so every rank can check the shapes (and they all see the same
-    /// shapes, so they all return the same error).
-    fn exchange_shapes<C: Communicator + ?Sized>(
+    /// Exchanges `[rows, cols]` and checks that every rank's column count (and, with
+    /// `equal_rows`, row count) is rank 0's; returns every rank's row count. All ranks see the
+    /// same shapes, so they all return the same error.
+    pub(crate) fn gather_row_counts<C: Communicator + ?Sized>(
         comm: &C,
+        op: &'static str,
         rows: usize,
         cols: usize,
-    ) -> Result<Vec<(usize, usize)>, CommError> {
+        equal_rows: bool,
+    ) -> Result<Vec<usize>, CommError> {
         let all = comm.all_gather(&[rows as u64 as i64, cols as u64 as i64])?;
-        Ok(all
+        let shapes: Vec<(usize, usize)> = all
             .chunks_exact(2)
             .map(|c| (c[0] as u64 as usize, c[1] as u64 as usize))
-            .collect())
-    }
-
-    /// See [`TensorComm::all_gather_rows`] (`equal_rows`) and
-    /// [`TensorComm::all_gather_rows_varcount`].
-    pub fn all_gather_rows<B: Backend, C: Communicator + ?Sized>(
-        comm: &C,
-        x: Tensor<B, 2>,
-        equal_rows: bool,
-    ) -> Result<(Tensor<B, 2>, Vec<usize>), CommError> {
-        let op = if equal_rows {
-            "all_gather_rows"
-        } else {
-            "all_gather_rows_varcount"
-        };
-        let (values, shape, dtype, device) = read_float(comm, op, x)?;
-        let (rows, cols) = shape2(&shape);
-        let shapes = exchange_shapes(comm, rows, cols)?;
+            .collect();
         if let Some((r, &(rr, rc))) = shapes
             .iter()
             .enumerate()
@@ -202,7 +188,24 @@ pub mod host {
                 ),
             });
         }
-        let row_counts: Vec<usize> = shapes.iter().map(|&(r, _)| r).collect();
+        Ok(shapes.iter().map(|&(r, _)| r).collect())
+    }
+
+    /// See [`TensorComm::all_gather_rows`] (`equal_rows`) and
+    /// [`TensorComm::all_gather_rows_varcount`].
+    pub fn all_gather_rows<B: Backend, C: Communicator + ?Sized>(
+        comm: &C,
+        x: Tensor<B, 2>,
+        equal_rows: bool,
+    ) -> Result<(Tensor<B, 2>, Vec<usize>), CommError> {
+        let op = if equal_rows {
+            "all_gather_rows"
+        } else {
+            "all_gather_rows_varcount"
+        };
+        let (values, shape, dtype, device) = read_float(comm, op, x)?;
+        let (rows, cols) = shape2(&shape);
+        let row_counts = gather_row_counts(comm, op, rows, cols, equal_rows)?;
         let total_rows: usize = row_counts.iter().sum();
         let gathered = match values {
             HostFloat::F32(v) => HostFloat::F32(comm.all_gather_varcount(&v)?.0),

@@ -25,7 +25,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 
 use super::comm::{NcclComm, Reduction};
 use super::dtype::DeviceDType;
-use crate::communicator::{CommExt, Communicator, ReduceOp};
+use crate::communicator::{Communicator, ReduceOp};
 use crate::error::CommError;
 use crate::tensor::{TensorComm, host};
 
@@ -220,15 +220,6 @@ impl NcclComm {
         Ok(out)
     }
 
-    /// Shapes `[rows, cols]` of every rank (a tiny host collective).
-    fn exchange_shapes(&self, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>, CommError> {
-        let all = self.all_gather(&[rows as i64, cols as i64])?;
-        Ok(all
-            .chunks_exact(2)
-            .map(|c| (c[0] as usize, c[1] as usize))
-            .collect())
-    }
-
     fn gather_rows(
         &self,
         x: Tensor<Cuda, 2>,
@@ -243,28 +234,7 @@ impl NcclComm {
         let Some(fin) = float_in(self, op, x.clone())? else {
             return host::all_gather_rows(self, x, equal_rows);
         };
-        let shapes = self.exchange_shapes(rows, cols)?;
-        if let Some((r, &(rr, rc))) = shapes
-            .iter()
-            .enumerate()
-            .find(|&(_, &(rr, rc))| rc != shapes[0].1 || (equal_rows && rr != shapes[0].0))
-        {
-            return Err(CommError::BadLength {
-                rank: self.rank(),
-                op,
-                detail: format!(
-                    "rank 0 has a [{}, {}] tensor but rank {r} has [{rr}, {rc}]{}",
-                    shapes[0].0,
-                    shapes[0].1,
-                    if equal_rows {
-                        ""
-                    } else {
-                        " (column counts must agree)"
-                    }
-                ),
-            });
-        }
-        let row_counts: Vec<usize> = shapes.iter().map(|&(r, _)| r).collect();
+        let row_counts = host::gather_row_counts(self, op, rows, cols, equal_rows)?;
         let total_rows: usize = row_counts.iter().sum();
         let counts: Vec<usize> = row_counts.iter().map(|&r| r * cols).collect();
         let out = DevBuf::empty_like(self.rank(), op, &fin.buf.prim, total_rows * cols)?;
