@@ -5,43 +5,20 @@
 //! tolerate (tolerance 0). With `PLSC_TEST_MPI=1` and a build with the feature `mpi`, the same
 //! comparison runs under `mpirun -np 2` (`.ci/run` does this).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{run_dir, step_dir, write_tiny_job};
+
 const STEPS: u64 = 20;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn write_config(dir: &Path) -> PathBuf {
-    let data = repo_root().join("datasets/fashion_mnist/train");
-    let text = format!(
-        r#"num_classes = 8
-embedding_size = 32
-loss = "dist_arcface"
-scale = 32.0
-model = "iresnet_tiny"
-input_size = 28
-in_channels = 1
-ranks = 2
-train_batch_size = 8
-train_steps = {STEPS}
-lr = 0.4
-lr_policy = "poly"
-dataset_dir = "{}"
-with_test = false
-log_period = 1
-seed = 5
-"#,
-        data.display()
-    );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_tiny_job(
+        dir,
+        &format!("train_batch_size = 8\ntrain_steps = {STEPS}\nseed = 5\n"),
+    )
 }
 
 fn check(mut cmd: Command, what: &str) {
@@ -66,15 +43,6 @@ fn train_args(config: &Path, save_dir: &Path) -> Vec<String> {
     ]
 }
 
-fn run_dir(save_dir: &Path) -> PathBuf {
-    let runs: Vec<PathBuf> = std::fs::read_dir(save_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(runs.len(), 1, "one run directory in {}", save_dir.display());
-    runs[0].clone()
-}
-
 /// The loss of every step, as written (JSON numbers print f64 exactly).
 fn losses(run: &Path) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -91,14 +59,13 @@ fn assert_same_run(threads: &Path, processes: &Path, what: &str) {
     let (la, lb) = (losses(&a), losses(&b));
     assert_eq!(la.len(), STEPS as usize);
     assert_eq!(la, lb, "{what}: losses of the {STEPS} steps");
-    let step = format!("checkpoints/step-{STEPS:09}");
     for file in [
         "backbone.safetensors",
         "head.rank0.safetensors",
         "head.rank1.safetensors",
     ] {
-        let x = std::fs::read(a.join(&step).join(file)).unwrap();
-        let y = std::fs::read(b.join(&step).join(file)).unwrap();
+        let x = std::fs::read(step_dir(&a, STEPS).join(file)).unwrap();
+        let y = std::fs::read(step_dir(&b, STEPS).join(file)).unwrap();
         assert!(x == y, "{what}: {file} differs from the thread run's");
     }
 }

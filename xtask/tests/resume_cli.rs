@@ -2,49 +2,25 @@
 //! resumes from its newest valid checkpoint and ends with the same weights, byte for byte, as a
 //! run that was never interrupted.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{run_dir, step_dir, write_tiny_job};
+
 const STEPS: u64 = 12;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Two rank threads, iresnet_tiny on the shipped Fashion-MNIST parts, a checkpoint every 2
-/// steps, all kept.
+/// A checkpoint every 2 steps, all kept.
 fn write_config(dir: &Path) -> PathBuf {
-    let data = repo_root().join("datasets/fashion_mnist/train");
-    let text = format!(
-        r#"num_classes = 8
-embedding_size = 32
-loss = "dist_arcface"
-scale = 32.0
-model = "iresnet_tiny"
-input_size = 28
-in_channels = 1
-ranks = 2
-train_batch_size = 16
-train_steps = {STEPS}
-lr = 0.4
-lr_policy = "poly"
-warmup_epochs = 0.0
-dataset_dir = "{}"
-with_test = false
-log_period = 1
-checkpoint_period = 2
-keep_last = 0
-seed = 3
-"#,
-        data.display()
-    );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_tiny_job(
+        dir,
+        &format!(
+            "train_batch_size = 16\ntrain_steps = {STEPS}\nwarmup_epochs = 0.0\n\
+             checkpoint_period = 2\nkeep_last = 0\nseed = 3\n"
+        ),
+    )
 }
 
 fn train(config: &Path, save_dir: &Path, extra: &[&str]) -> Command {
@@ -69,20 +45,6 @@ fn run_to_end(mut cmd: Command) {
         "training failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The only run directory under `save_dir`.
-fn run_dir(save_dir: &Path) -> PathBuf {
-    let runs: Vec<PathBuf> = std::fs::read_dir(save_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(runs.len(), 1, "one run directory in {}", save_dir.display());
-    runs[0].clone()
-}
-
-fn step_dir(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("step-{step:09}"))
 }
 
 #[test]
