@@ -29,14 +29,12 @@ pub fn ensure_core_type() {
 
 #[cfg(target_arch = "x86_64")]
 fn core_type() -> Option<&'static str> {
-    let avx512 = ["avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"];
     if std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512dq")
         && std::is_x86_feature_detected!("avx512vl")
         && std::is_x86_feature_detected!("avx512cd")
     {
-        tracing::debug!("OpenBLAS: {} present, SkylakeX kernels", avx512.join(", "));
         Some("SkylakeX")
     } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         Some("Haswell")

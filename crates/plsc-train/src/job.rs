@@ -273,8 +273,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
         .collect::<Result<_>>()?;
     let spe = checked_steps_per_epoch(entry, &streams[0])?;
     let beginning = find_beginning(entry)?;
-    let mut plan = Plan::new(entry, spe).starting_at(beginning.steps_done);
-    plan.data_steps_per_epoch = streams[0].steps_per_epoch().max(1);
+    let plan = plan_for(entry, spe, &streams[0], beginning.steps_done);
     let files = open_run_files(entry, &beginning, plan.start_step)?;
     let checkpoints = checkpoint_root(entry, &beginning, &files.run_dir);
     log_start(entry, &plan, &files.run_dir, "rank threads");
@@ -347,11 +346,9 @@ pub fn run_process(
             });
         }
     };
-    let start = shared.start()?;
-    let mut plan = Plan::new(entry, spe).starting_at(shared.steps_done);
-    plan.data_steps_per_epoch = stream.steps_per_epoch().max(1);
-    let run_dir = PathBuf::from(&shared.run_dir);
-    let checkpoints = PathBuf::from(&shared.checkpoints);
+    let start = shared.start(rank)?;
+    let plan = plan_for(entry, spe, &stream, shared.steps_done);
+    let (run_dir, checkpoints) = (shared.run_dir, shared.checkpoints);
     let mut outputs = Outputs {
         checkpoint: Some((checkpoints.clone(), model_spec(entry))),
         start,
@@ -382,56 +379,60 @@ pub fn run_process(
 /// What rank 0 tells the other processes about the run it prepared.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SharedStart {
-    run_dir: String,
-    checkpoints: String,
+    run_dir: PathBuf,
+    checkpoints: PathBuf,
     steps_done: u64,
-    /// `fresh`, `resume` or `pretrained`.
-    kind: String,
-    checkpoint: Option<String>,
-    with_head: bool,
+    from: SharedFrom,
+}
+
+/// [`Start`] with its checkpoint as a directory, for sending.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum SharedFrom {
+    Fresh,
+    Resume { dir: PathBuf },
+    Pretrained { dir: PathBuf, with_head: bool },
 }
 
 impl SharedStart {
     fn of(entry: &Entry, b: &Beginning, run_dir: &Path) -> Self {
-        let (kind, checkpoint, with_head) = match &b.start {
-            Start::Fresh => ("fresh", None, false),
-            Start::Resume(c) => ("resume", Some(c.dir().display().to_string()), false),
+        let from = match &b.start {
+            Start::Fresh => SharedFrom::Fresh,
+            Start::Resume(c) => SharedFrom::Resume {
+                dir: c.dir().to_path_buf(),
+            },
             Start::Pretrained {
                 checkpoint,
                 with_head,
-            } => (
-                "pretrained",
-                Some(checkpoint.dir().display().to_string()),
-                *with_head,
-            ),
+            } => SharedFrom::Pretrained {
+                dir: checkpoint.dir().to_path_buf(),
+                with_head: *with_head,
+            },
         };
         Self {
-            run_dir: run_dir.display().to_string(),
-            checkpoints: checkpoint_root(entry, b, run_dir).display().to_string(),
+            run_dir: run_dir.to_path_buf(),
+            checkpoints: checkpoint_root(entry, b, run_dir),
             steps_done: b.steps_done,
-            kind: kind.into(),
-            checkpoint,
-            with_head,
+            from,
         }
     }
 
     /// Opens the checkpoint rank 0 chose (each rank checks the files it reads).
-    fn start(&self) -> Result<Start> {
-        let open = |dir: &String| {
-            plsc_ckpt::Checkpoint::open(Path::new(dir))
+    fn start(&self, rank: usize) -> Result<Start> {
+        let open = |dir: &Path| {
+            plsc_ckpt::Checkpoint::open(dir)
                 .map(Arc::new)
                 .map_err(|source| TrainError::Checkpoint {
-                    rank: 0,
+                    rank,
                     source: Box::new(source),
                 })
         };
-        Ok(match (self.kind.as_str(), &self.checkpoint) {
-            ("resume", Some(dir)) => Start::Resume(open(dir)?),
-            ("pretrained", Some(dir)) => Start::Pretrained {
+        Ok(match &self.from {
+            SharedFrom::Fresh => Start::Fresh,
+            SharedFrom::Resume { dir } => Start::Resume(open(dir)?),
+            SharedFrom::Pretrained { dir, with_head } => Start::Pretrained {
                 checkpoint: open(dir)?,
-                with_head: self.with_head,
+                with_head: *with_head,
             },
-            _ => Start::Fresh,
         })
     }
 }
@@ -471,6 +472,15 @@ fn checked_steps_per_epoch(entry: &Entry, stream: &BatchStream) -> Result<u64> {
         });
     }
     Ok(spe)
+}
+
+/// The run's plan after `steps_done` steps, with the data stream's own epoch length (every
+/// rank's stream has the same).
+fn plan_for(entry: &Entry, steps_per_epoch: u64, stream: &BatchStream, steps_done: u64) -> Plan {
+    Plan {
+        data_steps_per_epoch: stream.steps_per_epoch().max(1),
+        ..Plan::new(entry, steps_per_epoch).starting_at(steps_done)
+    }
 }
 
 /// Where every rank's stream starts.
