@@ -4,7 +4,7 @@
 //! under a hang guard: launch must end on its own long before it.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -150,11 +150,12 @@ fn a_rank_that_ignores_sigterm_is_killed_after_the_grace_period() {
     }
 }
 
-#[test]
-fn sigterm_to_launch_stops_every_rank() {
+/// Starts launch with `n` probes that sleep, and reads its output until every rank has printed
+/// its pid: (launch, its stdout kept open, each rank's (rank, pid)).
+fn spawn_sleeping_ranks(n: usize) -> (Child, BufReader<ChildStdout>, Vec<(usize, i32)>) {
     let mut child = launch(&[
         "--nproc-per-node",
-        "2",
+        &n.to_string(),
         "--",
         "launch-probe",
         "--sleep-ms",
@@ -164,25 +165,39 @@ fn sigterm_to_launch_stops_every_rank() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // Wait until both ranks are up (their first line), then signal launch.
     let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut pids = Vec::new();
+    let mut ranks = Vec::new();
     let mut line = String::new();
-    while pids.len() < 2 {
+    while ranks.len() < n {
         line.clear();
         assert!(
             reader.read_line(&mut line).unwrap() > 0,
             "launch ended early"
         );
-        pids.extend(probe_pids(&line));
+        if let Some(pid) = probe_pids(&line).first() {
+            let rank: usize = line["[rank ".len()..]
+                .split(']')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            ranks.push((rank, *pid));
+        }
     }
+    (child, reader, ranks)
+}
+
+#[test]
+fn sigterm_to_launch_stops_every_rank() {
+    // Wait until both ranks are up (their first line), then signal launch.
+    let (child, _stdout, ranks) = spawn_sleeping_ranks(2);
     // SAFETY: plain kill of the launch process we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = finish(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("signal 15"), "{stderr}");
-    for pid in pids {
+    for (_, pid) in ranks {
         assert!(!is_alive(pid), "probe {pid} still runs");
     }
 }
@@ -242,37 +257,7 @@ fn three_tcp_processes_pass_the_collective_suite() {
 
 #[test]
 fn a_rank_killed_from_outside_stops_the_others() {
-    let mut child = launch(&[
-        "--nproc-per-node",
-        "3",
-        "--",
-        "launch-probe",
-        "--sleep-ms",
-        "600000",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut ranks = Vec::new();
-    let mut line = String::new();
-    while ranks.len() < 3 {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "launch ended early"
-        );
-        if let Some(pid) = probe_pids(&line).first() {
-            let rank: usize = line["[rank ".len()..]
-                .split(']')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            ranks.push((rank, *pid));
-        }
-    }
+    let (child, _stdout, ranks) = spawn_sleeping_ranks(3);
     let victim = ranks.iter().find(|(r, _)| *r == 2).unwrap().1;
     // SAFETY: plain kill of a probe process this test's launch started.
     unsafe { libc::kill(victim, libc::SIGKILL) };
