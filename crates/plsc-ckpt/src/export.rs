@@ -70,6 +70,59 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
             });
         }
     };
+    let src = ckpt.open_backbone()?;
+    let kept: Vec<ExportTensor> = entry
+        .tensors
+        .iter()
+        .filter(|t| t.kind != TensorKind::Momentum)
+        .map(|t| (t.key.clone(), t.shape.clone(), t.kind))
+        .collect();
+    write_export(out, spec, manifest.step(), &kept, |w, i| {
+        w.write(src.f32_tensor_shaped(&kept[i].0, &kept[i].1)?)
+    })
+}
+
+/// Writes an export of in-memory `tensors` into `out`, for a backbone that never had a
+/// checkpoint (freshly built or converted; tests and benchmarks): the same files, header and
+/// atomic replacement as [`export`]. Momentum tensors are left out.
+pub fn export_tensors(
+    spec: ModelSpec,
+    tensors: &[NamedTensor],
+    source_step: u64,
+    out: &Path,
+) -> Result<PathBuf> {
+    let kept: Vec<&NamedTensor> = tensors
+        .iter()
+        .filter(|t| t.kind != TensorKind::Momentum)
+        .collect();
+    let layout: Vec<ExportTensor> = kept
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone(), t.kind))
+        .collect();
+    write_export(out, spec, source_step, &layout, |w, i| {
+        let bytes: Vec<u8> = kept[i]
+            .values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        w.write(&bytes)
+    })
+}
+
+/// Key, shape and role of one exported tensor.
+type ExportTensor = (String, Vec<usize>, TensorKind);
+
+/// Writes `backbone.safetensors` (the tensors of `layout`, in order, each written by
+/// `write_tensor(writer, index)`) and `model.json` into a temporary directory next to `out`,
+/// then renames it to `out` (an earlier export there is replaced, any other non-empty
+/// directory is refused).
+fn write_export(
+    out: &Path,
+    spec: ModelSpec,
+    source_step: u64,
+    layout: &[ExportTensor],
+    mut write_tensor: impl FnMut(&mut StWriter, usize) -> Result<()>,
+) -> Result<PathBuf> {
     if out.exists() {
         let empty = std::fs::read_dir(out)
             .map_err(io_err(out))?
@@ -82,7 +135,6 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
             });
         }
     }
-    let src = ckpt.open_backbone()?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -97,21 +149,16 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let kept: Vec<_> = entry
-        .tensors
+    let specs: Vec<(String, Vec<usize>)> = layout
         .iter()
-        .filter(|t| t.kind != TensorKind::Momentum)
-        .collect();
-    let specs: Vec<(String, Vec<usize>)> = kept
-        .iter()
-        .map(|t| (t.key.clone(), t.shape.clone()))
+        .map(|(key, shape, _)| (key.clone(), shape.clone()))
         .collect();
     let weights_path = tmp.join(BACKBONE_FILE);
     // One metadata key (`plsc_kinds`: a JSON object of key -> role) keeps the header
     // deterministic; safetensors writes its metadata map in hash order.
-    let kinds: BTreeMap<&str, &str> = kept
+    let kinds: BTreeMap<&str, &str> = layout
         .iter()
-        .map(|t| (t.key.as_str(), kind_name(t.kind)))
+        .map(|(key, _, kind)| (key.as_str(), kind_name(*kind)))
         .collect();
     let kinds = serde_json::to_string(&kinds).expect("a map of strings serialises");
     let mut w = StWriter::create(
@@ -119,8 +166,8 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
         &specs,
         Some(HashMap::from([(KINDS_KEY.to_string(), kinds)])),
     )?;
-    for t in &kept {
-        w.write(src.f32_tensor_shaped(&t.key, &t.shape)?)?;
+    for i in 0..layout.len() {
+        write_tensor(&mut w, i)?;
     }
     let digest = w.finish()?;
     let json = ModelJson {
@@ -130,7 +177,7 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
         weights: BACKBONE_FILE.into(),
         weights_bytes: digest.bytes,
         weights_sha256: digest.sha256,
-        source_step: manifest.step(),
+        source_step,
     };
     let json_path = tmp.join(MODEL_JSON);
     let text = serde_json::to_vec_pretty(&json).map_err(|source| CkptError::Json {
@@ -143,7 +190,7 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(out).map_err(io_err(out))?;
     }
     std::fs::rename(&tmp, out).map_err(io_err(out))?;
-    tracing::info!("exported step {} to {}", manifest.step(), out.display());
+    tracing::info!("exported step {source_step} to {}", out.display());
     Ok(out.to_path_buf())
 }
 

@@ -34,7 +34,7 @@ mod st;
 mod tensor;
 
 pub use error::{CkptError, Result};
-pub use export::{ExportedModel, ModelJson, export, load_exported};
+pub use export::{ExportedModel, ModelJson, export, export_tensors, load_exported};
 pub use layout::{list_checkpoints, parse_step_dir, step_dir_name};
 pub use load::{BackboneState, Checkpoint, HeadRows, latest_valid, latest_valid_shared};
 pub use manifest::{

@@ -194,10 +194,10 @@ pub(crate) fn forward(
 }
 
 /// Writes `backbone` as an exported model directory (`backbone.safetensors` with the tensor
-/// roles in its header, and `model.json`), the layout `plsc_ckpt::export` writes from a
-/// checkpoint, for a model that never had one (a freshly built or converted backbone, tests,
-/// benchmarks). `mean` and `std` are the input normalisation (one value per channel, or one
-/// for all). Written under a temporary name next to `dir`, then renamed; `dir` must not exist.
+/// roles in its header, and `model.json`) through `plsc_ckpt::export_tensors`, the writer of
+/// `plsc_ckpt::export`, for a model that never had a checkpoint (a freshly built or converted
+/// backbone, tests, benchmarks). `mean` and `std` are the input normalisation (one value per
+/// channel, or one for all). Written under a temporary name next to `dir`, then renamed.
 pub fn write_model_dir<B: burn::tensor::backend::Backend>(
     backbone: &Backbone<B>,
     architecture: &str,
@@ -206,85 +206,31 @@ pub fn write_model_dir<B: burn::tensor::backend::Backend>(
     source_step: u64,
     dir: &Path,
 ) -> Result<()> {
-    use sha2::Digest;
-    let io = |context: &'static str, path: &Path| {
-        let addr = path.display().to_string();
-        move |source| ServeError::Io {
-            context,
-            addr,
-            source,
-        }
-    };
-    let write_err = |detail: String| ServeError::WriteModel {
-        dir: dir.to_path_buf(),
-        detail,
-    };
-    let tensors = backbone.state_tensors();
-    let kinds: std::collections::BTreeMap<&str, &str> = tensors
-        .iter()
+    let tensors: Vec<plsc_ckpt::NamedTensor> = backbone
+        .state_tensors()
+        .into_iter()
         .map(|t| {
             let kind = match t.entry.kind {
-                plsc_models::EntryKind::Param => "param",
-                plsc_models::EntryKind::FrozenParam => "frozen_param",
-                plsc_models::EntryKind::Buffer => "buffer",
+                plsc_models::EntryKind::Param => plsc_ckpt::TensorKind::Param,
+                plsc_models::EntryKind::FrozenParam => plsc_ckpt::TensorKind::FrozenParam,
+                plsc_models::EntryKind::Buffer => plsc_ckpt::TensorKind::Buffer,
             };
-            (t.entry.name.as_str(), kind)
+            plsc_ckpt::NamedTensor::new(t.entry.name, t.entry.shape, kind, t.values)
         })
         .collect();
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.entry.shape.clone(), b)
-                .map(|v| (t.entry.name.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| write_err(format!("serialising the backbone: {e}")))?;
-    let metadata = std::collections::HashMap::from([(
-        "plsc_kinds".to_string(),
-        serde_json::to_string(&kinds).unwrap_or_default(),
-    )]);
-    let st = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| write_err(format!("serialising the backbone: {e}")))?;
-    let json = plsc_ckpt::ModelJson {
-        format: plsc_ckpt::export::EXPORT_FORMAT.into(),
-        format_version: plsc_ckpt::export::EXPORT_VERSION,
-        spec: plsc_ckpt::ModelSpec {
-            architecture: architecture.to_string(),
-            embedding_size: backbone.embedding_size,
-            input_size: backbone.input_size,
-            in_channels: backbone.in_channels,
-            mean,
-            std,
-        },
-        weights: plsc_ckpt::manifest::BACKBONE_FILE.into(),
-        weights_bytes: st.len() as u64,
-        weights_sha256: sha2::Sha256::digest(&st)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        source_step,
+    let spec = plsc_ckpt::ModelSpec {
+        architecture: architecture.to_string(),
+        embedding_size: backbone.embedding_size,
+        input_size: backbone.input_size,
+        in_channels: backbone.in_channels,
+        mean,
+        std,
     };
-    let text = serde_json::to_vec_pretty(&json)
-        .map_err(|e| write_err(format!("writing model.json: {e}")))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(io("creating", &tmp))?;
-    let weights = tmp.join(plsc_ckpt::manifest::BACKBONE_FILE);
-    std::fs::write(&weights, &st).map_err(io("writing", &weights))?;
-    let json_path = tmp.join(plsc_ckpt::export::MODEL_JSON);
-    std::fs::write(&json_path, text).map_err(io("writing", &json_path))?;
-    std::fs::rename(&tmp, dir).map_err(io("renaming to", dir))?;
+    plsc_ckpt::export_tensors(spec, &tensors, source_step, dir).map_err(|e| {
+        ServeError::WriteModel {
+            dir: dir.to_path_buf(),
+            detail: e.to_string(),
+        }
+    })?;
     Ok(())
 }
