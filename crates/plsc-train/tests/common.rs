@@ -10,11 +10,40 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use plsc_models::ModelError;
-use plsc_train::{BatchIter, LocalBatch, TrainModel};
+use plsc_train::{BatchIter, Entry, LocalBatch, TrainModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub type B = Autodiff<Flex>;
+
+/// Side of the synthetic one-channel images.
+pub const SIDE: usize = 4;
+/// Pixels per image.
+pub const PIXELS: usize = SIDE * SIDE;
+/// Embedding size of [`LinearNet`] in the loop tests.
+pub const DIM: usize = 8;
+
+/// The loop tests' settings: `dist_arcface` (m = 0.5, s = 16) over `classes`, `ranks` ranks
+/// sharing a global batch of `global_batch`, `steps` steps at lr 0.1 (for that batch, no decay),
+/// no verification, a log record every 5 steps.
+pub fn small_entry(ranks: usize, global_batch: usize, classes: usize, steps: u64) -> Entry {
+    Entry::new()
+        .with_num_classes(classes)
+        .with_embedding_size(DIM)
+        .with_loss("dist_arcface")
+        .with_margins(1.0, 0.5, 0.0, 16.0)
+        .with_input_size(SIDE)
+        .with_in_channels(1)
+        .with_ranks(ranks)
+        .with_train_batch_size(global_batch / ranks)
+        .with_train_steps(steps)
+        .with_lr(0.1)
+        .with_lr_reference_batch(global_batch)
+        .with_lr_steps(vec![])
+        .with_log_period(5)
+        .with_with_test(false)
+        .with_sample_ratio(1.0)
+}
 
 /// `embedding = W * flatten(image) + b`.
 #[derive(Module, Debug)]

@@ -2,32 +2,11 @@
 
 mod common;
 
-use common::{B, GlobalBatch, LinearNet, rank_slices, synthetic};
+use common::{
+    B, DIM, GlobalBatch, LinearNet, PIXELS, rank_slices, small_entry as entry, synthetic,
+};
 use plsc_train::trainer::{Outputs, Plan, train};
 use plsc_train::{Entry, LossScaleConfig, TrainOutcome};
-
-const SIDE: usize = 4;
-const PIXELS: usize = SIDE * SIDE;
-const DIM: usize = 8;
-
-fn entry(ranks: usize, global_batch: usize, classes: usize, steps: u64) -> Entry {
-    Entry::new()
-        .with_num_classes(classes)
-        .with_embedding_size(DIM)
-        .with_loss("dist_arcface")
-        .with_margins(1.0, 0.5, 0.0, 16.0)
-        .with_input_size(SIDE)
-        .with_in_channels(1)
-        .with_ranks(ranks)
-        .with_train_batch_size(global_batch / ranks)
-        .with_train_steps(steps)
-        .with_lr(0.1)
-        .with_lr_reference_batch(global_batch)
-        .with_lr_steps(vec![])
-        .with_log_period(5)
-        .with_with_test(false)
-        .with_sample_ratio(1.0)
-}
 
 fn run(e: &Entry, batches: &[GlobalBatch]) -> TrainOutcome<LinearNet<B>> {
     let device = Default::default();

@@ -11,32 +11,15 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{B, GlobalBatch, LinearNet, rank_slices, synthetic};
+use common::{B, DIM, GlobalBatch, LinearNet, PIXELS, rank_slices, small_entry, synthetic};
 use plsc_train::trainer::{Outputs, Plan, train, train_rank};
 use plsc_train::{Entry, TrainOutcome};
 
-const SIDE: usize = 4;
-const PIXELS: usize = SIDE * SIDE;
-const DIM: usize = 8;
 const STEPS: u64 = 20;
 const CHILD: &str = "PLSC_TEST_RANK_CHILD";
 
 fn entry(ranks: usize) -> Entry {
-    Entry::new()
-        .with_num_classes(10)
-        .with_embedding_size(DIM)
-        .with_loss("dist_arcface")
-        .with_margins(1.0, 0.5, 0.0, 16.0)
-        .with_input_size(SIDE)
-        .with_in_channels(1)
-        .with_ranks(ranks)
-        .with_train_batch_size(8 / ranks)
-        .with_train_steps(STEPS)
-        .with_lr(0.1)
-        .with_lr_reference_batch(8)
-        .with_lr_steps(vec![])
-        .with_log_period(100)
-        .with_with_test(false)
+    small_entry(ranks, 8, 10, STEPS).with_log_period(100)
 }
 
 fn batches() -> Vec<GlobalBatch> {

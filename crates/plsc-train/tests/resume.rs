@@ -6,32 +6,16 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{B, GlobalBatch, LinearNet, rank_slices, synthetic};
+use common::{B, DIM, GlobalBatch, LinearNet, PIXELS, SIDE, rank_slices, small_entry, synthetic};
 use plsc_ckpt::Checkpoint;
 use plsc_train::trainer::{Outputs, Plan, Start, train};
 use plsc_train::{Entry, LossScaleConfig, TrainOutcome};
 
-const SIDE: usize = 4;
-const PIXELS: usize = SIDE * SIDE;
-const DIM: usize = 8;
 const CLASSES: usize = 10;
 
 fn entry(ranks: usize, global_batch: usize, steps: u64, mixed: bool) -> Entry {
-    Entry::new()
-        .with_num_classes(CLASSES)
-        .with_embedding_size(DIM)
-        .with_loss("dist_arcface")
-        .with_margins(1.0, 0.5, 0.0, 16.0)
-        .with_input_size(SIDE)
-        .with_in_channels(1)
-        .with_ranks(ranks)
-        .with_train_batch_size(global_batch / ranks)
-        .with_train_steps(steps)
-        .with_lr(0.1)
-        .with_lr_reference_batch(global_batch)
-        .with_lr_steps(vec![])
+    small_entry(ranks, global_batch, CLASSES, steps)
         .with_log_period(100)
-        .with_with_test(false)
         .with_checkpoint_period(4)
         .with_keep_last(0)
         .with_mixed_precision(mixed)
