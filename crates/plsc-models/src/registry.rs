@@ -252,7 +252,17 @@ impl<B: Backend> Backbone<B> {
     /// [`Self::buffer_tensors`] returns them); parameters are untouched. `label` names the
     /// source in errors. The new statistics have their own storage.
     pub fn load_buffers(self, buffers: &[NamedTensor], label: &str) -> Result<Self> {
-        let mut r = StateReader::buffers_from(label, buffers);
+        self.load_from(StateReader::buffers_from(label, buffers))
+    }
+
+    /// Replaces every tensor with the one of the same name in `tensors` (as
+    /// [`Self::state_tensors`] returns them), with the checks of
+    /// [`Self::load_safetensors_bytes`]; `label` names the source in errors.
+    pub fn load_tensors(self, tensors: &[NamedTensor], label: &str) -> Result<Self> {
+        self.load_from(StateReader::from_tensors(label, tensors))
+    }
+
+    fn load_from(self, mut r: StateReader<'_>) -> Result<Self> {
         let net = match self.net {
             Network::IResNet(m) => Network::IResNet(m.load_state("", &mut r)?),
             Network::MobileFaceNet(m) => Network::MobileFaceNet(m.load_state("", &mut r)?),
@@ -288,13 +298,7 @@ impl<B: Backend> Backbone<B> {
     /// tensor (`num_batches_tracked` excepted). The result's running statistics have their own
     /// storage.
     pub fn load_safetensors_bytes(self, bytes: &[u8], label: &str) -> Result<Self> {
-        let mut r = StateReader::new(label, bytes)?;
-        let net = match self.net {
-            Network::IResNet(m) => Network::IResNet(m.load_state("", &mut r)?),
-            Network::MobileFaceNet(m) => Network::MobileFaceNet(m.load_state("", &mut r)?),
-        };
-        r.finish()?;
-        Ok(Self { net, ..self })
+        self.load_from(StateReader::new(label, bytes)?)
     }
 
     /// [`Self::load_safetensors_bytes`] from a file.

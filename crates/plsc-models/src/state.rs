@@ -194,9 +194,8 @@ impl<'a> StateReader<'a> {
         })
     }
 
-    /// Reads buffers only (parameters are left as they are) from tensors in memory; `label`
-    /// names them in errors.
-    pub fn buffers_from(label: &str, tensors: &'a [NamedTensor]) -> Self {
+    /// Reads tensors in memory; `label` names them in errors.
+    pub fn from_tensors(label: &str, tensors: &'a [NamedTensor]) -> Self {
         Self {
             file: label.to_string(),
             tensors: tensors
@@ -204,7 +203,16 @@ impl<'a> StateReader<'a> {
                 .map(|t| (t.entry.name.clone(), Source::Values(t)))
                 .collect(),
             used: BTreeSet::new(),
+            buffers_only: false,
+        }
+    }
+
+    /// Reads buffers only (parameters are left as they are) from tensors in memory; `label`
+    /// names them in errors.
+    pub fn buffers_from(label: &str, tensors: &'a [NamedTensor]) -> Self {
+        Self {
             buffers_only: true,
+            ..Self::from_tensors(label, tensors)
         }
     }
 

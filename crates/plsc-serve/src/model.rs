@@ -87,10 +87,8 @@ impl ServeModel {
             .join(plsc_ckpt::manifest::BACKBONE_FILE)
             .display()
             .to_string();
-        let bytes = plsc_models::state::to_safetensors_bytes(&tensors, &label)
-            .map_err(model_err(format!("reading {label}")))?;
         let backbone = backbone
-            .load_safetensors_bytes(&bytes, &label)
+            .load_tensors(&tensors, &label)
             .map_err(model_err(format!("loading {label}")))?;
         let image = image_spec(spec.input_size, spec.in_channels, &spec.mean, &spec.std)
             .map_err(|detail| ServeError::Config(format!("{}: {detail}", dir.display())))?;

@@ -111,8 +111,7 @@ impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
                 values: t.values.clone(),
             })
             .collect();
-        let bytes = plsc_models::state::to_safetensors_bytes(&named, label)?;
-        self.load_safetensors_bytes(&bytes, label)
+        self.load_tensors(&named, label)
     }
 
     fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor> {
