@@ -35,7 +35,14 @@ impl std::str::FromStr for Precision {
 
 /// A float the head computes in. Implemented for `f32` and `f64`.
 pub trait HeadFloat:
-    num_traits::Float + Element + std::fmt::Debug + std::iter::Sum + Send + Sync + 'static
+    num_traits::Float
+    + Element
+    + std::fmt::Debug
+    + std::iter::Sum
+    + Send
+    + Sync
+    + 'static
+    + crate::cpu::Kernel
 {
     fn from_f64(v: f64) -> Self;
     fn as_f64(self) -> f64;

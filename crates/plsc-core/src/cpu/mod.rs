@@ -13,6 +13,8 @@
 //! - chunked: the forward pass keeps only the row statistics and the backward pass recomputes
 //!   each tile's logits: `8 B D C_s` flops, memory `O(B K + K D + B D)` per worker.
 
+#[macro_use]
+mod simd;
 pub mod gemm;
 pub mod rows;
 pub mod tile;
@@ -95,6 +97,68 @@ impl Plan {
         }
     }
 }
+
+/// The kernel's two passes as methods of the element type, implemented for `f32` and `f64`
+/// below. A generic function is compiled in the crate that instantiates it, with that crate's
+/// optimisation level: called directly, the kernel's loops ran at the level of the caller (a
+/// dev-profile binary: scalar, unvectorised code). These impls are concrete, so the kernel is
+/// compiled here, with this crate's `opt-level = 3`, whoever calls it.
+pub trait Kernel: Sized {
+    /// [`forward`] for this element type.
+    fn kernel_forward(
+        ws: &mut Workspace<Self>,
+        setup: &StepSetup<'_, Self>,
+        plan: &Plan,
+        weight: &[Self],
+        bias: Option<&[Self]>,
+    ) -> RowStats<Self>;
+
+    /// [`backward`] for this element type.
+    #[allow(clippy::too_many_arguments)]
+    fn kernel_backward(
+        ws: &mut Workspace<Self>,
+        setup: &StepSetup<'_, Self>,
+        plan: &Plan,
+        lse: &[Self],
+        dpsi: &[f64],
+        inv_batch: Self,
+        weight: &mut [Self],
+        bias: Option<&mut [Self]>,
+        sink: RowSink<'_, Self>,
+    ) -> Vec<Self>;
+}
+
+macro_rules! impl_kernel {
+    ($($t:ty),*) => {$(
+        impl Kernel for $t {
+            fn kernel_forward(
+                ws: &mut Workspace<Self>,
+                setup: &StepSetup<'_, Self>,
+                plan: &Plan,
+                weight: &[Self],
+                bias: Option<&[Self]>,
+            ) -> RowStats<Self> {
+                forward_impl(ws, setup, plan, weight, bias)
+            }
+
+            fn kernel_backward(
+                ws: &mut Workspace<Self>,
+                setup: &StepSetup<'_, Self>,
+                plan: &Plan,
+                lse: &[Self],
+                dpsi: &[f64],
+                inv_batch: Self,
+                weight: &mut [Self],
+                bias: Option<&mut [Self]>,
+                sink: RowSink<'_, Self>,
+            ) -> Vec<Self> {
+                backward_impl(ws, setup, plan, lse, dpsi, inv_batch, weight, bias, sink)
+            }
+        }
+    )*};
+}
+
+impl_kernel!(f32, f64);
 
 /// Everything the kernel reads for one step.
 pub struct StepSetup<'a, T> {
@@ -239,6 +303,16 @@ pub fn forward<T: HeadFloat>(
     weight: &[T],
     bias: Option<&[T]>,
 ) -> RowStats<T> {
+    T::kernel_forward(ws, setup, plan, weight, bias)
+}
+
+fn forward_impl<T: HeadFloat>(
+    ws: &mut Workspace<T>,
+    setup: &StepSetup<'_, T>,
+    plan: &Plan,
+    weight: &[T],
+    bias: Option<&[T]>,
+) -> RowStats<T> {
     let (rows, dim) = (setup.rows, setup.dim);
     let classes = setup.sampled.len();
     ws.workers
@@ -281,8 +355,7 @@ pub fn forward<T: HeadFloat>(
                 for (j, inv_j) in tile_inv.iter_mut().enumerate() {
                     let class = setup.sampled.class_at(p0 + j);
                     classes.push((setup.class_offset + class) as i64);
-                    let row = &weight[class * dim..(class + 1) * dim];
-                    *inv_j = rows::inv_norm(row);
+                    rows::inv_norm_into(&weight[class * dim..(class + 1) * dim], inv_j);
                     if let Some(b) = bias {
                         bias_tile.push(b[class]);
                     }
@@ -401,6 +474,21 @@ pub fn backward<T: HeadFloat>(
     bias: Option<&mut [T]>,
     sink: RowSink<'_, T>,
 ) -> Vec<T> {
+    T::kernel_backward(ws, setup, plan, lse, dpsi, inv_batch, weight, bias, sink)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<T: HeadFloat>(
+    ws: &mut Workspace<T>,
+    setup: &StepSetup<'_, T>,
+    plan: &Plan,
+    lse: &[T],
+    dpsi: &[f64],
+    inv_batch: T,
+    weight: &mut [T],
+    bias: Option<&mut [T]>,
+    sink: RowSink<'_, T>,
+) -> Vec<T> {
     let (rows, dim) = (setup.rows, setup.dim);
     let shard_len = weight.len() / dim.max(1);
     let bounds = class_bounds(setup.sampled, &plan.ranges, shard_len);
@@ -486,8 +574,10 @@ pub fn backward<T: HeadFloat>(
                 dxn.clear();
                 dxn.resize(rows * dim, T::zero());
                 stats.reset(rows, false);
-                let mut p0 = range.start;
-                while p0 < range.end {
+                // Tiles in the reverse order of the forward pass: the rows the forward pass
+                // touched last are the likeliest to still be in the last-level cache.
+                for t in 0..range.len().div_ceil(plan.tile) {
+                    let p0 = range.start + t * plan.tile;
                     let kc = plan.tile.min(range.end - p0);
                     let tile_inv = &inv[p0 - range.start..p0 - range.start + kc];
                     bias_tile.clear();
@@ -552,11 +642,7 @@ pub fn backward<T: HeadFloat>(
                         let u = &mut utile[j * dim..(j + 1) * dim];
                         if is_margin {
                             // dL/dw = u - (u . w) w / |w|^2: the weight normalisation's backward.
-                            let inv2 = tile_inv[j] * tile_inv[j];
-                            let proj = rows::dot(u, w) * inv2;
-                            for (uv, wv) in u.iter_mut().zip(w.iter()) {
-                                *uv = *uv - proj * *wv;
-                            }
+                            rows::project_out(u, w, tile_inv[j] * tile_inv[j]);
                         }
                         match &mut part {
                             Part::Sgd {
@@ -567,7 +653,7 @@ pub fn backward<T: HeadFloat>(
                                 wd,
                             } => {
                                 let (lr, mu, wd) = (*lr, *mu, *wd);
-                                crate::sgd::sgd_update(
+                                rows::sgd_row(
                                     w,
                                     &mut velocity[r * dim..(r + 1) * dim],
                                     u,
@@ -590,7 +676,6 @@ pub fn backward<T: HeadFloat>(
                             }
                         }
                     }
-                    p0 += kc;
                 }
             },
         );

@@ -33,6 +33,33 @@ pub fn inv_norm<T: HeadFloat>(row: &[T]) -> T {
     T::one() / n.max(T::from_f64(NORM_EPS))
 }
 
+with_avx2! {
+/// `*out = 1 / max(|row|, eps)` ([`inv_norm`] compiled for the CPU's vector width).
+pub fn inv_norm_into<T: HeadFloat>(row: &[T], out: &mut T) {
+    *out = inv_norm(row);
+}
+}
+
+with_avx2! {
+/// The backward of the weight normalisation for one class row, in place:
+/// `u <- u - (u . w) w / |w|^2` with `inv2 = 1 / |w|^2`.
+pub fn project_out<T: HeadFloat>(u: &mut [T], w: &[T], inv2: T) {
+    let proj = dot(u, w) * inv2;
+    let n = u.len().min(w.len());
+    let (u, w) = (&mut u[..n], &w[..n]);
+    for i in 0..n {
+        u[i] = u[i] - proj * w[i];
+    }
+}
+}
+
+with_avx2! {
+/// [`crate::sgd::sgd_update`] on one row, vectorised: `v <- mu v + (g + wd w)`, `w <- w - lr v`.
+pub fn sgd_row<T: HeadFloat>(w: &mut [T], v: &mut [T], g: &[T], lr: T, mu: T, wd: T) {
+    crate::sgd::sgd_update(w, v, g, lr, mu, wd);
+}
+}
+
 /// Normalises every row of `x` (`[rows, dim]`) into `out`, returning `1 / max(|x_i|, eps)` per row.
 pub fn normalize_rows<T: HeadFloat>(x: &[T], dim: usize, out: &mut Vec<T>) -> Vec<T> {
     out.clear();
