@@ -346,6 +346,7 @@ fn forward_impl<T: HeadFloat>(
                 ..
             } = buf;
             stats.reset(rows, setup.calc_acc);
+            let scattered = !matches!(setup.sampled, SampledClasses::All { .. });
             let mut p0 = range.start;
             while p0 < range.end {
                 let kc = plan.tile.min(range.end - p0);
@@ -353,6 +354,10 @@ fn forward_impl<T: HeadFloat>(
                 classes.clear();
                 bias_tile.clear();
                 for (j, inv_j) in tile_inv.iter_mut().enumerate() {
+                    if scattered && j + rows::PREFETCH_ROWS_AHEAD < kc {
+                        let ahead = setup.sampled.class_at(p0 + j + rows::PREFETCH_ROWS_AHEAD);
+                        rows::prefetch_row(&weight[ahead * dim..(ahead + 1) * dim]);
+                    }
                     let class = setup.sampled.class_at(p0 + j);
                     classes.push((setup.class_offset + class) as i64);
                     rows::inv_norm_into(&weight[class * dim..(class + 1) * dim], inv_j);
@@ -402,6 +407,10 @@ fn gather_rows<T: HeadFloat>(
     let dim = setup.dim;
     dst.resize(kc * dim, T::zero());
     for j in 0..kc {
+        if j + rows::PREFETCH_ROWS_AHEAD < kc {
+            let ahead = local(setup.sampled.class_at(p0 + j + rows::PREFETCH_ROWS_AHEAD));
+            rows::prefetch_row(&weight[ahead * dim..(ahead + 1) * dim]);
+        }
         let r = local(setup.sampled.class_at(p0 + j));
         let (to, from) = (
             &mut dst[j * dim..(j + 1) * dim],
@@ -571,6 +580,7 @@ fn backward_impl<T: HeadFloat>(
                     ..
                 } = buf;
                 let off = bound[0];
+                let scattered = !matches!(setup.sampled, SampledClasses::All { .. });
                 dxn.clear();
                 dxn.resize(rows * dim, T::zero());
                 stats.reset(rows, false);
@@ -637,6 +647,13 @@ fn backward_impl<T: HeadFloat>(
                     utile.resize(kc * dim, T::zero());
                     gemm::at_b(utile, g, setup.xop, kc, dim, rows);
                     for j in 0..kc {
+                        if scattered && j + rows::PREFETCH_ROWS_AHEAD < kc {
+                            let ahead =
+                                setup.sampled.class_at(p0 + j + rows::PREFETCH_ROWS_AHEAD) - off;
+                            if let Part::Sgd { velocity, .. } = &part {
+                                rows::prefetch_row(&velocity[ahead * dim..(ahead + 1) * dim]);
+                            }
+                        }
                         let r = setup.sampled.class_at(p0 + j) - off;
                         let w = &mut wslice[r * dim..(r + 1) * dim];
                         let u = &mut utile[j * dim..(j + 1) * dim];
