@@ -346,7 +346,6 @@ fn forward_impl<T: HeadFloat>(
                 ..
             } = buf;
             stats.reset(rows, setup.calc_acc);
-            let scattered = !matches!(setup.sampled, SampledClasses::All { .. });
             let mut p0 = range.start;
             while p0 < range.end {
                 let kc = plan.tile.min(range.end - p0);
@@ -354,10 +353,7 @@ fn forward_impl<T: HeadFloat>(
                 classes.clear();
                 bias_tile.clear();
                 for (j, inv_j) in tile_inv.iter_mut().enumerate() {
-                    if scattered && j + rows::PREFETCH_ROWS_AHEAD < kc {
-                        let ahead = setup.sampled.class_at(p0 + j + rows::PREFETCH_ROWS_AHEAD);
-                        rows::prefetch_row(&weight[ahead * dim..(ahead + 1) * dim]);
-                    }
+                    prefetch_ahead(weight, dim, setup.sampled, p0 + j, p0 + kc, |c| c);
                     let class = setup.sampled.class_at(p0 + j);
                     classes.push((setup.class_offset + class) as i64);
                     rows::inv_norm_into(&weight[class * dim..(class + 1) * dim], inv_j);
@@ -394,6 +390,25 @@ fn forward_impl<T: HeadFloat>(
     merge_stats(&ws.workers, rows, setup.calc_acc)
 }
 
+/// With Partial FC, starts loading the row (of `buf`, `[_, dim]`) of the sampled position
+/// [`rows::PREFETCH_ROWS_AHEAD`] after `pos`, if it is below `end`: the sampled rows lie at
+/// random places, where the hardware prefetcher cannot follow. `local` maps a shard-local class
+/// to its row index in `buf`. Nothing when every class is used (the rows are contiguous).
+fn prefetch_ahead<T>(
+    buf: &[T],
+    dim: usize,
+    sampled: &SampledClasses,
+    pos: usize,
+    end: usize,
+    local: impl Fn(usize) -> usize,
+) {
+    let ahead = pos + rows::PREFETCH_ROWS_AHEAD;
+    if ahead < end && !matches!(sampled, SampledClasses::All { .. }) {
+        let r = local(sampled.class_at(ahead));
+        rows::prefetch_row(&buf[r * dim..(r + 1) * dim]);
+    }
+}
+
 /// Copies the tile's weight rows, rounded to the operand precision, into `dst`.
 /// `local` maps a shard-local class to its row index in `weight`.
 fn gather_rows<T: HeadFloat>(
@@ -407,10 +422,7 @@ fn gather_rows<T: HeadFloat>(
     let dim = setup.dim;
     dst.resize(kc * dim, T::zero());
     for j in 0..kc {
-        if j + rows::PREFETCH_ROWS_AHEAD < kc {
-            let ahead = local(setup.sampled.class_at(p0 + j + rows::PREFETCH_ROWS_AHEAD));
-            rows::prefetch_row(&weight[ahead * dim..(ahead + 1) * dim]);
-        }
+        prefetch_ahead(weight, dim, setup.sampled, p0 + j, p0 + kc, &local);
         let r = local(setup.sampled.class_at(p0 + j));
         let (to, from) = (
             &mut dst[j * dim..(j + 1) * dim],
@@ -580,14 +592,11 @@ fn backward_impl<T: HeadFloat>(
                     ..
                 } = buf;
                 let off = bound[0];
-                let scattered = !matches!(setup.sampled, SampledClasses::All { .. });
                 dxn.clear();
                 dxn.resize(rows * dim, T::zero());
                 stats.reset(rows, false);
-                // Tiles in the reverse order of the forward pass: the rows the forward pass
-                // touched last are the likeliest to still be in the last-level cache.
-                for t in 0..range.len().div_ceil(plan.tile) {
-                    let p0 = range.start + t * plan.tile;
+                let mut p0 = range.start;
+                while p0 < range.end {
                     let kc = plan.tile.min(range.end - p0);
                     let tile_inv = &inv[p0 - range.start..p0 - range.start + kc];
                     bias_tile.clear();
@@ -647,12 +656,9 @@ fn backward_impl<T: HeadFloat>(
                     utile.resize(kc * dim, T::zero());
                     gemm::at_b(utile, g, setup.xop, kc, dim, rows);
                     for j in 0..kc {
-                        if scattered && j + rows::PREFETCH_ROWS_AHEAD < kc {
-                            let ahead =
-                                setup.sampled.class_at(p0 + j + rows::PREFETCH_ROWS_AHEAD) - off;
-                            if let Part::Sgd { velocity, .. } = &part {
-                                rows::prefetch_row(&velocity[ahead * dim..(ahead + 1) * dim]);
-                            }
+                        if let Part::Sgd { velocity, .. } = &part {
+                            let sampled = setup.sampled;
+                            prefetch_ahead(velocity, dim, sampled, p0 + j, p0 + kc, |c| c - off);
                         }
                         let r = setup.sampled.class_at(p0 + j) - off;
                         let w = &mut wslice[r * dim..(r + 1) * dim];
@@ -693,6 +699,7 @@ fn backward_impl<T: HeadFloat>(
                             }
                         }
                     }
+                    p0 += kc;
                 }
             },
         );
