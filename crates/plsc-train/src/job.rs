@@ -9,14 +9,15 @@ use burn::backend::{Autodiff, Flex};
 use plsc_comm::{CommExt, Communicator};
 use plsc_data::decode::ImageSpec;
 use plsc_data::stream::{BatchStream, Position, StreamConfig};
-use plsc_eval::PairSet;
 use plsc_models::{Backbone, BackboneConfig};
 use serde::Serialize;
 
 use crate::entry::Entry;
 use crate::error::{Result, TrainError};
 use crate::model::TrainModel;
+use crate::resume::{Beginning, find_beginning};
 use crate::run_dir::{JsonLines, create_run_dir, write_atomically};
+use crate::val_sets::load_val_sets;
 use crate::trainer::{
     BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Start, Timings, train, train_rank,
 };
@@ -114,31 +115,6 @@ pub fn steps_per_epoch(entry: &Entry, stream: &BatchStream) -> u64 {
     }
 }
 
-/// Loads the verification sets of `entry` (empty without `with_test`).
-pub fn load_val_sets(entry: &Entry) -> Result<Vec<(String, PairSet)>> {
-    if !entry.with_test {
-        return Ok(Vec::new());
-    }
-    let spec = plsc_eval::ImageSpec {
-        height: entry.input_size,
-        width: entry.input_size,
-        channels: entry.in_channels,
-    };
-    entry
-        .val_paths()
-        .into_iter()
-        .map(|p| {
-            let name = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| p.display().to_string());
-            PairSet::load(&p, spec)
-                .map(|s| (name.clone(), s))
-                .map_err(|source| TrainError::eval(p.display().to_string(), source))
-        })
-        .collect()
-}
-
 /// The backbone `entry` names, seeded.
 pub fn build_backbone(
     entry: &Entry,
@@ -150,117 +126,6 @@ pub fn build_backbone(
         .with_input_size(entry.input_size)
         .init_seeded(entry.seed, device)
         .map_err(|source| TrainError::model(0, source))
-}
-
-/// How a run begins, from `resume` / `pretrained` in its settings.
-pub struct Beginning {
-    /// Where the weights come from.
-    pub start: Start,
-    /// Steps already done (the resumed checkpoint's step).
-    pub steps_done: u64,
-    /// The run directory to continue (resuming a run of `model_save_dir`).
-    pub run_dir: Option<PathBuf>,
-    /// The checkpoint root to use instead of the settings' (the continued run's).
-    pub checkpoint_root: Option<PathBuf>,
-}
-
-/// Finds what `entry` starts from: a fresh model, the newest valid checkpoint to resume (see
-/// [`Entry::resume`]), or pretrained weights.
-pub fn find_beginning(entry: &Entry) -> Result<Beginning> {
-    let ckpt_err = |source: plsc_ckpt::CkptError| TrainError::Checkpoint {
-        rank: 0,
-        source: Box::new(source),
-    };
-    let mut b = Beginning {
-        start: Start::Fresh,
-        steps_done: 0,
-        run_dir: None,
-        checkpoint_root: None,
-    };
-    if let Some(path) = &entry.pretrained {
-        let ckpt = plsc_ckpt::Checkpoint::open_dir_or_latest(path).map_err(ckpt_err)?;
-        ckpt.verify().map_err(ckpt_err)?;
-        tracing::info!(
-            checkpoint = %ckpt.dir().display(),
-            with_head = entry.pretrained_head,
-            "fine-tuning from pretrained weights"
-        );
-        b.start = Start::Pretrained {
-            checkpoint: Arc::new(ckpt),
-            with_head: entry.pretrained_head,
-        };
-        return Ok(b);
-    }
-    if !entry.resume {
-        return Ok(b);
-    }
-    let root = match &entry.checkpoint_dir {
-        Some(root) => {
-            // A run directory's own checkpoints: that run continues.
-            let parent = root.parent().filter(|p| p.join("config.toml").is_file());
-            if root.file_name().is_some_and(|n| n == "checkpoints") {
-                b.run_dir = parent.map(Path::to_path_buf);
-            }
-            root.clone()
-        }
-        None => match newest_run_with_checkpoints(&entry.model_save_dir)? {
-            Some(run) => {
-                b.run_dir = Some(run.clone());
-                b.checkpoint_root = Some(run.join("checkpoints"));
-                run.join("checkpoints")
-            }
-            None => {
-                tracing::warn!(
-                    dir = %entry.model_save_dir.display(),
-                    "resume: no run with checkpoints here; starting from scratch"
-                );
-                return Ok(b);
-            }
-        },
-    };
-    match plsc_ckpt::latest_valid(&root).map_err(ckpt_err)? {
-        Some(ckpt) => {
-            tracing::info!(checkpoint = %ckpt.dir().display(), step = ckpt.step(), "resuming");
-            b.steps_done = ckpt.step();
-            b.start = Start::Resume(Arc::new(ckpt));
-        }
-        None => tracing::warn!(
-            root = %root.display(),
-            "resume: no valid checkpoint yet; starting from scratch"
-        ),
-    }
-    Ok(b)
-}
-
-/// The newest run directory under `parent` (names are UTC stamps) holding a checkpoint.
-fn newest_run_with_checkpoints(parent: &Path) -> Result<Option<PathBuf>> {
-    let entries = match std::fs::read_dir(parent) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(TrainError::Io {
-                path: parent.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let mut runs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.toml").is_file())
-        .collect();
-    runs.sort();
-    for run in runs.into_iter().rev() {
-        let listed = plsc_ckpt::list_checkpoints(&run.join("checkpoints")).map_err(|source| {
-            TrainError::Checkpoint {
-                rank: 0,
-                source: Box::new(source),
-            }
-        })?;
-        if !listed.is_empty() {
-            return Ok(Some(run));
-        }
-    }
-    Ok(None)
 }
 
 /// Trains `entry` on the CPU with `entry.ranks` rank threads and writes a new run directory

@@ -33,11 +33,13 @@ pub mod entry;
 mod error;
 pub mod job;
 pub mod model;
+pub mod resume;
 pub mod run_dir;
 pub mod scaler;
 pub mod schedule;
 pub mod sync;
 pub mod trainer;
+pub mod val_sets;
 
 pub use entry::{Entry, LossScaleConfig};
 pub use error::{Result, TrainError};
