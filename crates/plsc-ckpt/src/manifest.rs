@@ -52,10 +52,15 @@ pub struct ModelSpec {
     pub mean: Vec<f32>,
     /// Per-channel divisor applied after the mean.
     pub std: Vec<f32>,
+    /// How an image of another size or aspect ratio becomes the input (`squash`, `pad`,
+    /// `center-crop`); files written before the field existed read as `squash`, what was done
+    /// then.
+    #[serde(default)]
+    pub resize: plsc_data::Resize,
 }
 
 impl ModelSpec {
-    /// The face-recognition default input: 112x112 RGB, `(x - 127.5) / 128`.
+    /// The face-recognition default input: 112x112 RGB, `(x - 127.5) / 128`, squashed to size.
     pub fn face(architecture: impl Into<String>, embedding_size: usize) -> Self {
         Self {
             architecture: architecture.into(),
@@ -64,6 +69,7 @@ impl ModelSpec {
             in_channels: 3,
             mean: vec![127.5; 3],
             std: vec![128.0; 3],
+            resize: plsc_data::Resize::Squash,
         }
     }
 

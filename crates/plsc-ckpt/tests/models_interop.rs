@@ -56,6 +56,7 @@ fn iresnet_tiny_round_trips_through_checkpoint_and_export() {
         in_channels: 1,
         mean: vec![127.5],
         std: vec![128.0],
+        resize: Default::default(),
     });
     let tmp = tempfile::tempdir().unwrap();
     let dir = plsc_ckpt::save(

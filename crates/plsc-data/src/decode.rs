@@ -1,8 +1,9 @@
-//! Decoding and augmentation: encoded JPEG/PNG/PNM bytes -> resized, optionally flipped,
-//! normalised CHW `f32`.
+//! Decoding and augmentation: encoded JPEG/PNG/PNM bytes -> resized (by the spec's
+//! [`Resize`] policy), optionally flipped, normalised CHW `f32`.
 
-use image::imageops::FilterType;
 use image::{DynamicImage, GenericImageView};
+
+use crate::resize::Resize;
 
 /// How samples become model input.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,10 +18,12 @@ pub struct ImageSpec {
     pub mean: [f32; 3],
     /// Per-channel divisor after subtracting the mean.
     pub std: [f32; 3],
+    /// How an image of another size or aspect ratio becomes `width x height`.
+    pub resize: Resize,
 }
 
 impl Default for ImageSpec {
-    /// 112x112 RGB, `(x - 127.5) / 128` (InsightFace / PLSC).
+    /// 112x112 RGB, `(x - 127.5) / 128` (InsightFace / PLSC), squashed to size.
     fn default() -> Self {
         Self {
             height: 112,
@@ -28,6 +31,7 @@ impl Default for ImageSpec {
             channels: 3,
             mean: [127.5; 3],
             std: [128.0; 3],
+            resize: Resize::Squash,
         }
     }
 }
@@ -39,8 +43,9 @@ impl ImageSpec {
     }
 }
 
-/// Decodes `bytes`, resizes to the spec when the size differs (bilinear), flips horizontally
-/// when `flip`, and writes the normalised CHW image into `out` (`spec.numel()` floats).
+/// Decodes `bytes`, resizes to the spec by its [`Resize`] policy when the size differs
+/// (bilinear), flips horizontally when `flip`, and writes the normalised CHW image into `out`
+/// (`spec.numel()` floats).
 pub fn decode_into(
     bytes: &[u8],
     spec: &ImageSpec,
@@ -49,11 +54,8 @@ pub fn decode_into(
 ) -> Result<(), String> {
     debug_assert_eq!(out.len(), spec.numel());
     let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
-    let img = if img.dimensions() != (spec.width, spec.height) {
-        img.resize_exact(spec.width, spec.height, FilterType::Triangle)
-    } else {
-        img
-    };
+    let img = spec.resize.apply(img, spec.width, spec.height);
+    debug_assert_eq!(img.dimensions(), (spec.width, spec.height));
     let (w, h) = (spec.width as usize, spec.height as usize);
     let plane = w * h;
     match spec.channels {

@@ -9,6 +9,7 @@
 //! - [`recordio`]: MXNet RecordIO `.rec`/`.idx` (InsightFace's MS1M, Glint360K, WebFace).
 //! - [`import`], [`synth`], [`inspect`]: the data tools.
 //! - [`decode`], [`source`], [`stream`]: decoding, augmentation and per-rank batches.
+//! - [`resize`]: the aspect-ratio policy (`squash`, `pad`, `center-crop`) of every consumer.
 
 pub mod decode;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod index;
 pub mod inspect;
 pub mod output;
 pub mod recordio;
+pub mod resize;
 pub mod shuffle;
 pub mod source;
 pub mod stream;
@@ -25,3 +27,4 @@ pub mod synth;
 pub mod writer;
 
 pub use error::{DataError, LineError, Location, Result};
+pub use resize::Resize;

@@ -223,6 +223,7 @@ fn decode_normalises_flips_resizes_and_converts() {
         channels: 3,
         mean: [0.0, 10.0, 20.0],
         std: [1.0, 2.0, 4.0],
+        ..ImageSpec::default()
     };
     let png = common::png_rgb(2, 1, |x, _| [x as u8 * 100, 50, 60]);
     let mut o3 = vec![0f32; 6];

@@ -29,6 +29,10 @@ pub struct ModelInfo {
     pub mean: Vec<f32>,
     /// Per-channel divisor applied after the mean.
     pub std: Vec<f32>,
+    /// How images of another size or aspect ratio become the input (`squash`, `pad`,
+    /// `center-crop`), from `model.json`.
+    #[serde(default)]
+    pub resize: plsc_data::Resize,
     /// The training step the model was exported at.
     pub source_step: u64,
     /// Number of parameters.
@@ -92,6 +96,11 @@ impl ServeModel {
             .map_err(model_err(format!("loading {label}")))?;
         let image = image_spec(spec.input_size, spec.in_channels, &spec.mean, &spec.std)
             .map_err(|detail| ServeError::Config(format!("{}: {detail}", dir.display())))?;
+        // The aspect-ratio policy model.json records (squash when it records none).
+        let image = ImageSpec {
+            resize: spec.resize,
+            ..image
+        };
         let info = ModelInfo {
             architecture: spec.architecture.clone(),
             embedding_size: spec.embedding_size,
@@ -99,6 +108,7 @@ impl ServeModel {
             in_channels: spec.in_channels,
             mean: spec.mean.clone(),
             std: spec.std.clone(),
+            resize: spec.resize,
             source_step: exported.source_step,
             parameters: backbone.param_count(),
         };
@@ -166,6 +176,7 @@ pub fn image_spec(
         channels,
         mean: per_channel(mean, "mean")?,
         std: per_channel(std, "std")?,
+        ..ImageSpec::default()
     })
 }
 
@@ -223,6 +234,7 @@ pub fn write_model_dir<B: burn::tensor::backend::Backend>(
         in_channels: backbone.in_channels,
         mean,
         std,
+        resize: plsc_data::Resize::default(),
     };
     plsc_ckpt::export_tensors(spec, &tensors, source_step, dir).map_err(|e| {
         ServeError::WriteModel {

@@ -115,6 +115,7 @@ mod tests {
             channels: 3,
             mean: [127.5; 3],
             std: [128.0; 3],
+            ..ImageSpec::default()
         }
     }
 

@@ -53,6 +53,7 @@ fn fixture() -> Fixture {
         channels: 3,
         mean: [127.5; 3],
         std: [128.0; 3],
+        ..ImageSpec::default()
     };
     Fixture {
         _dir: dir,

@@ -397,6 +397,7 @@ fn model_spec(entry: &Entry) -> plsc_ckpt::ModelSpec {
         in_channels: entry.in_channels,
         mean: spec.mean[..entry.in_channels.min(3)].to_vec(),
         std: spec.std[..entry.in_channels.min(3)].to_vec(),
+        resize: spec.resize,
     }
 }
 

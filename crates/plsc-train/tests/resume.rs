@@ -34,6 +34,7 @@ fn spec() -> plsc_ckpt::ModelSpec {
         in_channels: 1,
         mean: vec![0.5],
         std: vec![0.5],
+        resize: Default::default(),
     }
 }
 
