@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use plsc_ckpt::{Checkpoint, SaveOptions};
+use plsc_ckpt::Checkpoint;
 
 /// Arguments of `cargo xtask reshard`.
 #[derive(Args, Debug)]
@@ -25,12 +25,11 @@ pub struct ReshardArgs {
     /// Rank count of the new checkpoint.
     #[arg(long, value_name = "M")]
     ranks: usize,
-    /// Root to write the new checkpoint into (as DIR2/step-<n>/; must not be the source's root).
+    /// Root to write the new checkpoint into (as DIR2/step-<n>/). Not the source's root, not
+    /// inside the source checkpoint, and without a step-<n>/ of the same step: reshard adds
+    /// one checkpoint and never removes or replaces any (no pruning).
     #[arg(long, value_name = "DIR2")]
     out: PathBuf,
-    /// Keep this many newest checkpoints under --out (0 keeps all).
-    #[arg(long, default_value_t = plsc_ckpt::DEFAULT_KEEP_LAST)]
-    keep_last: usize,
 }
 
 /// Runs `cargo xtask reshard`.
@@ -38,15 +37,8 @@ pub fn run_reshard(args: ReshardArgs) -> Result<()> {
     let src = Checkpoint::open_dir_or_latest(&args.ckpt)
         .with_context(|| format!("opening the checkpoint {}", args.ckpt.display()))?;
     let from = src.manifest().world_size;
-    let dir = plsc_ckpt::reshard(
-        &src,
-        args.ranks,
-        &args.out,
-        SaveOptions {
-            keep_last: args.keep_last,
-        },
-    )
-    .with_context(|| format!("resharding {} to {} ranks", src.dir().display(), args.ranks))?;
+    let dir = plsc_ckpt::reshard(&src, args.ranks, &args.out)
+        .with_context(|| format!("resharding {} to {} ranks", src.dir().display(), args.ranks))?;
     println!(
         "resharded step {} ({} classes) from {from} to {} ranks: {}",
         src.step(),
@@ -74,8 +66,9 @@ pub struct ExportArgs {
 pub fn run_export(args: ExportArgs) -> Result<()> {
     let src = Checkpoint::open_dir_or_latest(&args.ckpt)
         .with_context(|| format!("opening the checkpoint {}", args.ckpt.display()))?;
-    let out = plsc_ckpt::export(&src, &args.out)
+    let report = plsc_ckpt::export(&src, &args.out)
         .with_context(|| format!("exporting {}", src.dir().display()))?;
+    let out = &report.dir;
     let model = src
         .manifest()
         .model
@@ -91,5 +84,20 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
         src.step(),
         out.display()
     );
+    if report.unverified.is_empty() {
+        println!("verified: every file of the checkpoint (sha256)");
+    } else {
+        tracing::warn!(
+            "the head shards of {} were not verified (export reads only the backbone)",
+            src.dir().display()
+        );
+        println!(
+            "not verified (export reads only the backbone): {} file(s) of the checkpoint",
+            report.unverified.len()
+        );
+        for f in &report.unverified {
+            println!("  {}", f.display());
+        }
+    }
     Ok(())
 }

@@ -102,6 +102,10 @@ pub struct TrainArgs {
     /// data position, weights and momentum come back; with none yet, training starts afresh.
     #[arg(long, conflicts_with = "pretrained")]
     resume: bool,
+    /// With --resume: when every checkpoint is damaged (renamed to step-<n>.damaged and kept),
+    /// start from step 0 instead of failing.
+    #[arg(long, requires = "resume")]
+    restart: bool,
     /// Fine-tune from the weights of a checkpoint (a step-<n> directory or a root of them) on
     /// any rank count; the head only with --pretrained-head.
     #[arg(long)]
@@ -146,6 +150,9 @@ impl TrainArgs {
         }
         if self.resume {
             e.resume = true;
+        }
+        if self.restart {
+            e.restart = true;
         }
         if let Some(dir) = &self.pretrained {
             e.pretrained = Some(dir.clone());

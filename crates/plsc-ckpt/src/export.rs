@@ -56,10 +56,22 @@ pub struct ExportedModel {
     pub tensors: Vec<NamedTensor>,
 }
 
+/// What [`export`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportReport {
+    /// The export directory.
+    pub dir: PathBuf,
+    /// Files of the checkpoint whose sha256 was not checked (export reads only the backbone,
+    /// so these are the head shards, unless the checkpoint was verified before, as
+    /// [`Checkpoint::open_dir_or_latest`] does for a root). Empty when all were checked.
+    pub unverified: Vec<PathBuf>,
+}
+
 /// Writes the backbone of `ckpt` (weights and buffers only) and `model.json` into `out`
 /// (through a temporary directory next to it, renamed at the end; an earlier export there is
-/// replaced, any other non-empty directory is refused). Returns `out`.
-pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
+/// replaced, any other non-empty directory is refused). The backbone is verified; the head
+/// shards are not read, and the report lists what was not verified (also logged).
+pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<ExportReport> {
     let manifest = ckpt.manifest();
     let (spec, entry) = match (&manifest.model, &manifest.backbone) {
         (Some(spec), Some(entry)) => (spec.clone(), entry.clone()),
@@ -77,9 +89,19 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<PathBuf> {
         .filter(|t| t.kind != TensorKind::Momentum)
         .map(|t| (t.key.clone(), t.shape.clone(), t.kind))
         .collect();
-    write_export(out, spec, manifest.step(), &kept, |w, i| {
+    let dir = write_export(out, spec, manifest.step(), &kept, |w, i| {
         w.write(src.f32_tensor_shaped(&kept[i].0, &kept[i].1)?)
-    })
+    })?;
+    let unverified = ckpt.unverified_files();
+    if !unverified.is_empty() {
+        tracing::info!(
+            checkpoint = %ckpt.dir().display(),
+            "export read only the backbone: {} file(s) of the checkpoint (the head shards) were \
+             not verified",
+            unverified.len()
+        );
+    }
+    Ok(ExportReport { dir, unverified })
 }
 
 /// Writes an export of in-memory `tensors` into `out`, for a backbone that never had a

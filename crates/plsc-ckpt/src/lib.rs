@@ -17,6 +17,8 @@
 //! Loading: [`latest_valid`] / [`latest_valid_shared`], [`Checkpoint::open`],
 //! [`Checkpoint::load_backbone`], [`Checkpoint::load_head_shard`] (any rank count, using
 //! plsc-core's balanced split), [`Checkpoint::load_into_head`].
+//! Resuming: [`choose_resume`] (the newest checkpoint that verifies; damaged ones renamed to
+//! `step-<n>.damaged`, never deleted).
 //! Offline: [`reshard()`], [`export()`] / [`load_exported`].
 //!
 //! The backbone is handled as a list of named f32 tensors ([`NamedTensor`]), so this crate
@@ -29,18 +31,22 @@ mod layout;
 mod load;
 pub mod manifest;
 mod reshard;
+pub mod resume;
 mod save;
 mod st;
 mod tensor;
 
 pub use error::{CkptError, Result};
-pub use export::{ExportedModel, ModelJson, export, export_tensors, load_exported};
+pub use export::{ExportReport, ExportedModel, ModelJson, export, export_tensors, load_exported};
 pub use layout::{list_checkpoints, parse_step_dir, step_dir_name};
 pub use load::{BackboneState, Checkpoint, HeadRows, latest_valid, latest_valid_shared};
 pub use manifest::{
     DataPosition, LossScaleState, LrScheduleState, Manifest, ModelSpec, Seeds, TrainingState,
 };
 pub use reshard::reshard;
+pub use resume::{
+    DAMAGED_SUFFIX, DamagedCheckpoint, ResumeChoice, RootListing, choose_resume, list_root,
+};
 pub use save::{
     BackboneRef, CheckpointMeta, DEFAULT_KEEP_LAST, HeadShardRef, PendingCheckpoint, SaveOptions,
     prune, save, save_rank,

@@ -210,6 +210,17 @@ impl Checkpoint {
     }
 
     /// Checks size and sha256 of one listed file (once per opened checkpoint).
+    /// The files of the manifest whose sha256 this handle has not checked yet, in name order.
+    pub fn unverified_files(&self) -> Vec<PathBuf> {
+        let verified = self.verified.lock().expect("not poisoned");
+        self.manifest
+            .files
+            .keys()
+            .filter(|name| !verified.contains(name.as_str()))
+            .map(|name| self.dir.join(name))
+            .collect()
+    }
+
     fn verify_file(&self, name: &str) -> Result<()> {
         if self.verified.lock().expect("not poisoned").contains(name) {
             return Ok(());

@@ -4,7 +4,9 @@
 //! manifest (with their sizes and sha256) is written there last, and the directory is renamed
 //! to `step-<n>/`. A crash at any moment leaves either no `step-<n>/` (the partial directory is
 //! ignored by loading and removed by the next save) or a complete one. After the commit the
-//! oldest checkpoints beyond [`SaveOptions::keep_last`] are removed.
+//! oldest checkpoints beyond [`SaveOptions::keep_last`] are removed. A `step-<n>/` that the
+//! save replaces is removed only when it verifies; a damaged one is renamed to
+//! `step-<n>.damaged` (see [`crate::resume`]).
 //!
 //! Two entry points share the file writers: [`save`] (one process holds every shard) and
 //! [`save_rank`] (each rank thread or process writes its own shard; rank 0 commits after a
@@ -337,7 +339,17 @@ pub(crate) fn commit(
     let step = meta.training.step;
     let dest = root.join(step_dir_name(step));
     let old = root.join(format!("{OLD_PREFIX}{step:09}"));
-    let replaced = dest.exists();
+    let mut replaced = dest.exists();
+    if replaced && let Err(e) = crate::load::Checkpoint::open(&dest).and_then(|c| c.verify()) {
+        // A damaged checkpoint of the same step is set aside, never deleted.
+        let moved_to = crate::resume::set_aside_damaged(root, step)?;
+        tracing::error!(
+            checkpoint = %dest.display(),
+            moved_to = %moved_to.display(),
+            "damaged checkpoint of the step being saved renamed: {e}"
+        );
+        replaced = false;
+    }
     if replaced {
         std::fs::rename(&dest, &old).map_err(io_err(&dest))?;
     }
@@ -351,7 +363,9 @@ pub(crate) fn commit(
     Ok(dest)
 }
 
-/// Removes all but the `keep_last` newest committed checkpoints (0 keeps all).
+/// Removes all but the `keep_last` newest committed checkpoints (0 keeps all). Only
+/// `step-<n>/` directories count and are removed: damaged ones set aside
+/// (`step-<n>.damaged`) and anything else under the root are never touched.
 pub fn prune(root: &Path, keep_last: usize) -> Result<()> {
     if keep_last == 0 {
         return Ok(());
@@ -389,6 +403,34 @@ impl PendingCheckpoint {
             files: BTreeMap::new(),
             backbone: None,
         })
+    }
+
+    /// Starts `step-<meta.training.step>/` under an existing `root` without removing anything
+    /// there (offline tools: the root may belong to a run). Fails if `.tmp-step-<n>/` exists.
+    pub(crate) fn begin_beside(root: &Path, meta: CheckpointMeta) -> Result<Self> {
+        meta.head.validate()?;
+        Manifest::expected_shards(&meta.head, meta.world_size)?;
+        let tmp = root.join(format!("{TMP_PREFIX}{:09}", meta.training.step));
+        std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            tmp,
+            meta,
+            files: BTreeMap::new(),
+            backbone: None,
+        })
+    }
+
+    /// The rank count of the checkpoint being written.
+    pub(crate) fn world_size(&self) -> usize {
+        self.meta.world_size
+    }
+
+    /// Removes the directory being written (a failed offline write leaves nothing).
+    pub(crate) fn abandon(self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
+            tracing::warn!("could not remove {}: {e}", self.tmp.display());
+        }
     }
 
     /// The directory being written.

@@ -347,3 +347,30 @@ fn backbone_layout_is_checked_against_the_model() {
         .unwrap_err();
     assert!(err.to_string().contains("conv1.weight"), "{err}");
 }
+
+#[test]
+fn export_says_which_files_it_did_not_verify() {
+    let config = arcface(12, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("run");
+    let dir = save_step(&root, &config, 2, 7, 5);
+    flip_byte(&dir.join("head.rank1.safetensors"), 0.6);
+
+    // Export reads only the backbone: it succeeds and lists the head shards as not verified.
+    let report = export(&Checkpoint::open(&dir).unwrap(), &tmp.path().join("m")).unwrap();
+    assert_eq!(report.dir, tmp.path().join("m"));
+    assert_eq!(
+        report.unverified,
+        [
+            dir.join("head.rank0.safetensors"),
+            dir.join("head.rank1.safetensors")
+        ]
+    );
+
+    // A checkpoint verified before (as a root's newest valid one is) has nothing unverified.
+    let good = save_step(&root, &config, 2, 8, 5);
+    let ckpt = Checkpoint::open_dir_or_latest(&root).unwrap();
+    assert_eq!(ckpt.dir(), good);
+    let report = export(&ckpt, &tmp.path().join("m2")).unwrap();
+    assert!(report.unverified.is_empty(), "{:?}", report.unverified);
+}

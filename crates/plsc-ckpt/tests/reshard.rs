@@ -216,7 +216,7 @@ fn offline_reshard_is_exact_and_round_trips_to_identical_files() {
     let src_dir = save_per_rank(&tmp.path().join("a"), &config, &heads, 8);
     let src = Checkpoint::open(&src_dir).unwrap();
 
-    let dir3 = reshard(&src, 3, &tmp.path().join("b"), SaveOptions::default()).unwrap();
+    let dir3 = reshard(&src, 3, &tmp.path().join("b")).unwrap();
     let c3 = Checkpoint::open(&dir3).unwrap();
     c3.verify().unwrap();
     assert_eq!(c3.manifest().world_size, 3);
@@ -233,13 +233,13 @@ fn offline_reshard_is_exact_and_round_trips_to_identical_files() {
     assert_eq!(bits(&rows3), bits(&original[0]));
 
     // 4 -> 3 -> 4 gives the original files byte for byte (same sha256).
-    let dir4 = reshard(&c3, 4, &tmp.path().join("c"), SaveOptions::default()).unwrap();
+    let dir4 = reshard(&c3, 4, &tmp.path().join("c")).unwrap();
     let c4 = Checkpoint::open(&dir4).unwrap();
     assert_eq!(c4.manifest().files, src.manifest().files);
 
     // Writing into the source's own root is refused.
     assert!(matches!(
-        reshard(&src, 2, &tmp.path().join("a"), SaveOptions::default()),
+        reshard(&src, 2, &tmp.path().join("a")),
         Err(CkptError::Invalid { .. })
     ));
 }
@@ -308,4 +308,89 @@ fn latest_valid_shared_agrees_on_every_rank() {
         latest_valid_shared(&comm, empty.path()).map(|c| c.is_none())
     });
     assert!(none.into_iter().all(|n| n.unwrap()));
+}
+
+/// Names under `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn reshard_into_its_own_source_is_refused_and_writes_nothing() {
+    let config = arcface(20, 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let heads = random_heads(&config, 2, 5);
+    let src_dir = save_per_rank(&tmp.path().join("a"), &config, &heads, 20);
+    let src = Checkpoint::open(&src_dir).unwrap();
+    let before = names(&src_dir);
+
+    // The checkpoint itself, a new folder inside it, and the same through `..` and a link.
+    std::fs::create_dir(tmp.path().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(&src_dir, tmp.path().join("link")).unwrap();
+    for out in [
+        src_dir.clone(),
+        src_dir.join("new/deeper"),
+        tmp.path().join("elsewhere/../a/step-000000020"),
+        tmp.path().join("link/inner"),
+    ] {
+        match reshard(&src, 3, &out) {
+            Err(CkptError::Invalid { what, detail }) => {
+                assert_eq!(what, "reshard output");
+                assert!(detail.contains("source checkpoint"), "{detail}");
+            }
+            other => panic!("{}: {other:?}", out.display()),
+        }
+    }
+    assert_eq!(names(&src_dir), before, "nothing written into the source");
+}
+
+#[test]
+fn reshard_never_prunes_or_replaces_checkpoints_of_the_output_root() {
+    let config = arcface(20, 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let heads = random_heads(&config, 2, 6);
+    let src = Checkpoint::open(&save_per_rank(&tmp.path().join("a"), &config, &heads, 3)).unwrap();
+    // A root holding ten newer checkpoints (and a trace of someone's interrupted save).
+    let out = tmp.path().join("out");
+    let (tensors, momentum) = backbone(1);
+    let shards: Vec<_> = heads.iter().map(HeadShardRef::from_head).collect();
+    for step in 10..20 {
+        let bb = BackboneRef {
+            tensors: &tensors,
+            momentum: &momentum,
+        };
+        let m = meta(&config, 2, step, true);
+        save(&out, &m, Some(bb), &shards, SaveOptions { keep_last: 0 }).unwrap();
+    }
+    std::fs::create_dir(out.join(".tmp-step-000000021")).unwrap();
+    let before = names(&out);
+    assert_eq!(before.len(), 11);
+
+    let dir = reshard(&src, 3, &out).unwrap();
+    assert_eq!(dir, out.join("step-000000003"));
+    let mut expected = before.clone();
+    expected.push("step-000000003".into());
+    expected.sort();
+    assert_eq!(
+        names(&out),
+        expected,
+        "all ten kept, the trace kept, one added"
+    );
+
+    // The same step again is refused, the existing one untouched.
+    let sha = |d: &std::path::Path| std::fs::read(d.join("manifest.json")).unwrap();
+    let kept = sha(&dir);
+    match reshard(&src, 4, &out) {
+        Err(CkptError::Invalid { detail, .. }) => {
+            assert!(detail.contains("already exists"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sha(&dir), kept);
+    assert_eq!(names(&out), expected);
 }

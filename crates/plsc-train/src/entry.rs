@@ -147,8 +147,13 @@ pub struct Entry {
     /// Continue from the newest valid checkpoint under `checkpoint_dir` (or, when that is
     /// unset, under the newest run directory of `model_save_dir`, whose run then continues):
     /// step, lr schedule position, loss scale, data stream position, backbone and head weights
-    /// and momentum. Starts from scratch, with a warning, when there is none yet.
+    /// and momentum. Starts from scratch, with a warning, when there is none yet. Damaged
+    /// checkpoints are renamed to `step-<n>.damaged` and logged; when there are damaged ones
+    /// and no valid one, resuming fails unless `restart` is set.
     pub resume: bool,
+    /// With `resume`: when no valid checkpoint is left but damaged ones exist, start from
+    /// step 0 instead of failing (the damaged ones stay, renamed `step-<n>.damaged`).
+    pub restart: bool,
     /// Fine-tune: take the backbone weights (and with `pretrained_head` the head rows) of this
     /// checkpoint (a `step-<n>/` directory or a root of them), without momentum or step, on
     /// any rank count.
@@ -218,6 +223,7 @@ impl Default for Entry {
             checkpoint_period: 0,
             keep_last: plsc_ckpt::DEFAULT_KEEP_LAST,
             resume: false,
+            restart: false,
             pretrained: None,
             pretrained_head: false,
             with_test: true,
@@ -325,6 +331,8 @@ impl Entry {
         with_keep_last: keep_last: usize;
         /// Continue from the newest valid checkpoint.
         with_resume: resume: bool;
+        /// With `resume`: start from step 0 when only damaged checkpoints are left.
+        with_restart: restart: bool;
         /// With a pretrained checkpoint, load its head rows too.
         with_pretrained_head: pretrained_head: bool;
     }
@@ -509,6 +517,14 @@ impl Entry {
                 format!(
                     "needs init > 0, incr_ratio >= 1, 0 < decr_ratio < 1 and periods >= 1, got {ls:?}"
                 ),
+            );
+        }
+        if self.restart && !self.resume {
+            return bad(
+                "restart",
+                "restart only applies when resuming (it starts from step 0 when every \
+                 checkpoint is damaged): set resume = true too, or neither"
+                    .into(),
             );
         }
         if self.resume && self.pretrained.is_some() {

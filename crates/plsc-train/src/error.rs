@@ -81,6 +81,19 @@ pub enum TrainError {
         /// The checkpoint error.
         source: Box<plsc_ckpt::CkptError>,
     },
+    /// Resuming found damaged checkpoints and no valid one (and `restart` was not set).
+    #[error(
+        "resume: no valid checkpoint under {}; damaged ones, renamed aside and kept: {}. \
+         To start from step 0 anyway, add --restart (setting `restart = true`)",
+        root.display(),
+        damaged.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    DamagedCheckpoints {
+        /// The checkpoint root.
+        root: PathBuf,
+        /// The damaged checkpoints (`step-<n>.damaged`).
+        damaged: Vec<PathBuf>,
+    },
     /// A collective failed.
     #[error("collective: {0}")]
     Comm(#[from] plsc_comm::CommError),

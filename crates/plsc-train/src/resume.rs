@@ -21,7 +21,9 @@ pub struct Beginning {
 }
 
 /// Finds what `entry` starts from: a fresh model, the newest valid checkpoint to resume (see
-/// [`Entry::resume`]), or pretrained weights.
+/// [`Entry::resume`] and [`plsc_ckpt::choose_resume`]), or pretrained weights. Resuming
+/// renames damaged checkpoints to `step-<n>.damaged`; when damaged ones exist and none is
+/// valid it fails with [`TrainError::DamagedCheckpoints`] unless [`Entry::restart`] is set.
 pub fn find_beginning(entry: &Entry) -> Result<Beginning> {
     let ckpt_err = |source: plsc_ckpt::CkptError| TrainError::Checkpoint {
         rank: 0,
@@ -74,15 +76,39 @@ pub fn find_beginning(entry: &Entry) -> Result<Beginning> {
             }
         },
     };
-    match plsc_ckpt::latest_valid(&root).map_err(ckpt_err)? {
+    // Renames damaged checkpoints aside. Safe without coordination: in a multi-process run
+    // only rank 0 calls `find_beginning` (job.rs), the others are told what it chose.
+    let choice = plsc_ckpt::choose_resume(&root).map_err(ckpt_err)?;
+    match choice.checkpoint {
         Some(ckpt) => {
             tracing::info!(checkpoint = %ckpt.dir().display(), step = ckpt.step(), "resuming");
+            if let Some(newest) = choice.damaged.first() {
+                tracing::error!(
+                    "resuming from step {} instead of step {}: {} newer checkpoint(s) damaged \
+                     (set aside as *.damaged, see the lines above)",
+                    ckpt.step(),
+                    newest.step,
+                    choice.damaged.len()
+                );
+            }
             b.steps_done = ckpt.step();
             b.start = Start::Resume(Arc::new(ckpt));
         }
+        None if choice.has_damaged() && !entry.restart => {
+            return Err(TrainError::DamagedCheckpoints {
+                root,
+                damaged: choice.set_aside,
+            });
+        }
+        None if choice.has_damaged() => tracing::warn!(
+            root = %root.display(),
+            damaged = choice.set_aside.len(),
+            "restart: no valid checkpoint; starting from step 0 (the damaged ones are kept \
+             as *.damaged)"
+        ),
         None => tracing::warn!(
             root = %root.display(),
-            "resume: no valid checkpoint yet; starting from scratch"
+            "resume: no checkpoint yet; starting from scratch"
         ),
     }
     Ok(b)
@@ -106,16 +132,16 @@ fn newest_run_with_checkpoints(parent: &Path) -> Result<Option<PathBuf>> {
         .collect();
     runs.sort();
     for run in runs.into_iter().rev() {
-        let listed = plsc_ckpt::list_checkpoints(&run.join("checkpoints")).map_err(|source| {
+        // Any `step-<n>/` counts, valid or not (a damaged one is reported, not passed over).
+        let listed = plsc_ckpt::list_root(&run.join("checkpoints")).map_err(|source| {
             TrainError::Checkpoint {
                 rank: 0,
                 source: Box::new(source),
             }
         })?;
-        if !listed.is_empty() {
+        if listed.has_checkpoints() {
             return Ok(Some(run));
         }
     }
     Ok(None)
 }
-
