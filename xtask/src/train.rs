@@ -85,9 +85,19 @@ pub struct TrainArgs {
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Rank threads.
+    /// Ranks: rank threads on the CPU; under `launch`, the number of processes (it must equal
+    /// the launcher's world size: --nproc-per-node x --nnodes).
     #[arg(long)]
     ranks: Option<usize>,
+    /// Where to train: `cpu` (default: rank threads, the head's CPU kernel), `cuda` (one GPU per
+    /// process: GPU LOCAL_RANK under `launch`, else GPU 0) or `cuda:N`. CUDA needs the command
+    /// line built with it: `cargo run -p xtask --features cuda,nccl -- train --device cuda`.
+    #[arg(long)]
+    device: Option<String>,
+    /// Where the head's shard lives: `auto` (host on the CPU, device on a GPU), `host` or
+    /// `device` (on the CPU: the generic tensor path a GPU runs, for comparisons).
+    #[arg(long)]
+    head_placement: Option<String>,
     /// Root of the checkpoints (default: the run directory's `checkpoints/`).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
@@ -148,6 +158,12 @@ impl TrainArgs {
         if let Some(dir) = &self.checkpoint_dir {
             e.checkpoint_dir = Some(dir.clone());
         }
+        if let Some(d) = &self.device {
+            e.device = d.clone();
+        }
+        if let Some(p) = &self.head_placement {
+            e.head_placement = p.parse()?;
+        }
         if self.resume {
             e.resume = true;
         }
@@ -177,23 +193,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     // Under `cargo xtask launch` (or torchrun-, Paddle- or mpirun-style variables) this process
     // is one rank of a multi-process run; otherwise the ranks are threads of this process.
-    let s = match plsc_comm::backend::connect_from_env()? {
-        Some(rc) => {
-            let mut entry = entry;
-            if entry.ranks != rc.env.world_size {
-                tracing::info!(
-                    "ranks = {} from the launcher's world size (the settings said {})",
-                    rc.env.world_size,
-                    entry.ranks
-                );
-                entry.ranks = rc.env.world_size;
-            }
+    // Under `cargo xtask launch` (or torchrun-, Paddle- or mpirun-style variables) this process
+    // is one rank of a multi-process run; otherwise the ranks are threads of this process (CPU)
+    // or this process is the one rank (one GPU). A GPU process connects NCCL itself.
+    let gpu = matches!(entry.device()?, plsc_train::device::Device::Cuda(_));
+    let launched = if gpu {
+        plsc_comm::env::RankEnv::from_env()?.map(|env| {
+            let progress = !args.no_progress && env.rank == 0;
+            plsc_train::job::run_launched(&entry, &env, progress)
+        })
+    } else {
+        plsc_comm::backend::connect_from_env()?.map(|rc| {
             let progress = !args.no_progress && rc.env.rank == 0;
-            match plsc_train::run_process(&entry, rc.comm.as_ref(), progress)? {
-                Some(s) => s,
-                None => return Ok(()),
-            }
-        }
+            plsc_train::run_process(&entry, rc.comm.as_ref(), progress)
+        })
+    };
+    let s = match launched {
+        Some(result) => match result? {
+            Some(s) => s,
+            None => return Ok(()),
+        },
         None => plsc_train::run(&entry, !args.no_progress)?,
     };
     let show = |p: &std::path::Path| plsc_train::job::display_path(p);

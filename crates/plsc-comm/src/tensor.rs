@@ -4,10 +4,12 @@
 //! Its provided methods stage through host memory: read the tensor (`try_into_data`), run the
 //! host collective of [`Communicator`], and build the result on the input's device with the
 //! input's element type (`Tensor::from_data(data, (&device, dtype))`). That is what a CPU
-//! backend such as `Flex` wants, and any [`Communicator`] opts in with one line:
+//! backend such as `Flex` wants, and any [`Communicator`] opts in with three lines:
 //!
 //! ```text
-//! impl<B: burn::tensor::backend::Backend> plsc_comm::tensor::TensorComm<B> for MyComm {}
+//! impl<B: burn::tensor::backend::Backend> plsc_comm::tensor::TensorComm<B> for MyComm {
+//!     fn communicator(&self) -> &dyn plsc_comm::Communicator { self }
+//! }
 //! ```
 //!
 //! A communicator that works on device memory (the NCCL backend of a later issue) implements
@@ -31,6 +33,10 @@ use crate::error::CommError;
 /// call it in the same order, and errors are those of the underlying [`Communicator`] (a shape
 /// that does not fit is a [`CommError::BadLength`] or [`CommError::Mismatch`] on every rank).
 pub trait TensorComm<B: Backend>: Communicator {
+    /// This communicator as a host [`Communicator`] object, for code that takes
+    /// `&dyn Communicator` (checkpoint saving, host-side collectives of small values).
+    fn communicator(&self) -> &dyn Communicator;
+
     /// Concatenation along rows in rank order of every rank's `x` (`[rows, cols]`, the same
     /// shape on every rank): `[world * rows, cols]`.
     fn all_gather_rows(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>, CommError> {
@@ -93,8 +99,16 @@ pub trait TensorComm<B: Backend>: Communicator {
     }
 }
 
-impl<B: Backend> TensorComm<B> for crate::ThreadComm {}
-impl<B: Backend> TensorComm<B> for dyn Communicator + '_ {}
+impl<B: Backend> TensorComm<B> for crate::ThreadComm {
+    fn communicator(&self) -> &dyn Communicator {
+        self
+    }
+}
+impl<B: Backend> TensorComm<B> for dyn Communicator + '_ {
+    fn communicator(&self) -> &dyn Communicator {
+        self
+    }
+}
 
 /// The host-memory implementations behind [`TensorComm`]'s provided methods, usable by any
 /// communicator (for example from an override that falls back to the host path).

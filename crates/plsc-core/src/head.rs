@@ -176,6 +176,8 @@ pub struct ShardedHead<T: HeadFloat> {
     bias_velocity: Option<Vec<T>>,
     workspace: Workspace<T>,
     xn: Vec<T>,
+    /// The classes of the last step (what [`ShardedHead::apply_gradient`] updates).
+    last_sampled: Option<SampledClasses>,
 }
 
 impl<T: HeadFloat> ShardedHead<T> {
@@ -206,6 +208,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             weight,
             workspace: Workspace::default(),
             xn: Vec::new(),
+            last_sampled: None,
         })
     }
 
@@ -290,6 +293,64 @@ impl<T: HeadFloat> ShardedHead<T> {
         self.world_size
     }
 
+    /// The classes (local indices) that took part in the last step, if any ran.
+    pub fn last_sampled(&self) -> Option<&SampledClasses> {
+        self.last_sampled.as_ref()
+    }
+
+    /// Sparse SGD-momentum with a gradient that a [`WeightUpdate::Gradient`] step wrote
+    /// (`[C_r, D]`, and the bias's `[C_r]`): `v <- m v + (g + wd w)`, `w <- w - lr v` on the
+    /// rows that took part in that step only (every row without sampling), exactly what
+    /// [`WeightUpdate::Sgd`] does inside the step. Mixed precision calls it once the step is
+    /// known to be finite, and skips it otherwise.
+    pub fn apply_gradient(
+        &mut self,
+        weight_grad: &[T],
+        bias_grad: Option<&[T]>,
+        lr: f64,
+    ) -> Result<(), HeadError> {
+        let d = self.config.embedding_size;
+        let rank = self.shard.rank;
+        if weight_grad.len() != self.weight.len() {
+            return Err(HeadError::Shape {
+                rank,
+                tensor: "grad_weight",
+                got: vec![weight_grad.len()],
+                expected: vec![self.shard.len, d],
+            });
+        }
+        let Some(sampled) = self.last_sampled.as_ref() else {
+            return Err(HeadError::Config {
+                name: "apply_gradient",
+                detail: format!("rank {rank}: no step has run, so there is no gradient to apply"),
+            });
+        };
+        let opt = &self.config.optimizer;
+        let (lr, m, wd) = (
+            T::from_f64(lr),
+            T::from_f64(opt.momentum),
+            T::from_f64(opt.weight_decay),
+        );
+        for pos in 0..sampled.len() {
+            let c = sampled.class_at(pos);
+            let r = c * d..(c + 1) * d;
+            sgd_update(
+                &mut self.weight[r.clone()],
+                &mut self.velocity[r.clone()],
+                &weight_grad[r],
+                lr,
+                m,
+                wd,
+            );
+            if let (Some(b), Some(bv), Some(g)) =
+                (self.bias.as_mut(), self.bias_velocity.as_mut(), bias_grad)
+            {
+                sgd_update(&mut b[c..=c], &mut bv[c..=c], &g[c..=c], lr, m, wd);
+            }
+        }
+        Ok(())
+    }
+
     /// One forward + backward step (see the module doc). `step` seeds the class sampling.
     pub fn step(
         &mut self,
@@ -315,33 +376,14 @@ impl<T: HeadFloat> ShardedHead<T> {
         let started = Instant::now();
         let mut timings = HeadTimings::default();
         // 1. all-gather features and labels (sharded head only).
-        let (xg, labels_g, row_counts) = if sharded && comm.world_size() > 1 {
-            let (xg, elem_counts) = comm.all_gather_varcount(features)?;
-            let (lg, row_counts) = comm.all_gather_varcount(labels)?;
-            for (r, (e, n)) in elem_counts.iter().zip(&row_counts).enumerate() {
-                if *e != n * d {
-                    return Err(HeadError::Shape {
-                        rank: r,
-                        tensor: "features",
-                        got: vec![*e],
-                        expected: vec![*n, d],
-                    });
-                }
-            }
-            (xg, lg, row_counts)
-        } else {
-            (features.to_vec(), labels.to_vec(), vec![local_rows])
-        };
+        let GlobalBatch {
+            x: xg,
+            labels: labels_g,
+            row_counts,
+            batch_norm,
+        } = gather_global_batch(comm, &self.config, features, labels)?;
         timings.communication += started.elapsed().as_secs_f64();
         let rows = labels_g.len();
-        validate_labels(&labels_g, &row_counts, self.config.num_classes)?;
-        let batch_norm = if sharded {
-            rows
-        } else {
-            let mut n = [local_rows as i64];
-            comm.all_reduce(&mut n, ReduceOp::Sum)?;
-            n[0] as usize
-        };
 
         // 2. normalise, sample.
         let precision = self.config.precision;
@@ -405,24 +447,8 @@ impl<T: HeadFloat> ShardedHead<T> {
         timings.forward = t.elapsed().as_secs_f64();
         // 4. all-reduce max, then the fused sum of rescaled sum-exp and target logits.
         let t = Instant::now();
-        if sharded && comm.world_size() > 1 {
-            let mut global_max = stats.max.clone();
-            comm.all_reduce(&mut global_max, ReduceOp::Max)?;
-            for ((sum, local), global) in stats.sum.iter_mut().zip(&stats.max).zip(&global_max) {
-                *sum = if *local == T::neg_infinity() {
-                    T::zero()
-                } else {
-                    *sum * (*local - *global).exp()
-                };
-            }
-            stats.max = global_max;
-            comm.all_reduce_sum_fused(&mut [&mut stats.sum, &mut stats.target])?;
-        }
+        let (lse, loss_sum) = reduce_row_statistics(comm, sharded, &mut stats)?;
         timings.communication += t.elapsed().as_secs_f64();
-        let lse: Vec<T> = (0..rows)
-            .map(|i| stats.max[i] + stats.sum[i].ln())
-            .collect();
-        let loss_sum: f64 = (0..rows).map(|i| (lse[i] - stats.target[i]).as_f64()).sum();
 
         // 5. backward over the same tiles, with the weight update or gradient.
         let inv_batch = T::one() / T::from_f64(batch_norm as f64);
@@ -478,7 +504,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             },
         };
         let t = Instant::now();
-        let mut dxn = cpu::backward(
+        let dxn = cpu::backward(
             &mut self.workspace,
             &setup,
             &plan,
@@ -517,28 +543,17 @@ impl<T: HeadFloat> ShardedHead<T> {
         timings.backward = t.elapsed().as_secs_f64();
         // 6. reduce-scatter the feature gradient to the rows' owners; normalisation backward.
         let t = Instant::now();
-        let mut grad = if sharded && comm.world_size() > 1 {
-            let counts: Vec<usize> = row_counts.iter().map(|n| n * d).collect();
-            let mut mine = vec![T::zero(); local_rows * d];
-            comm.reduce_scatter(&dxn, &mut mine, &counts)?;
-            mine
-        } else {
-            dxn.truncate(local_rows * d);
-            dxn
-        };
+        let grad = scatter_feature_grad(
+            comm,
+            sharded,
+            &row_counts,
+            d,
+            dxn,
+            inv_xnorm.as_deref().map(|inv| (&self.xn[..], inv)),
+        )?;
         timings.communication += t.elapsed().as_secs_f64();
-        if let Some(inv) = &inv_xnorm {
-            let first = row_counts[..rank.min(row_counts.len() - 1)]
-                .iter()
-                .sum::<usize>()
-                * usize::from(sharded && comm.world_size() > 1);
-            for i in 0..local_rows {
-                let xn_row = &self.xn[(first + i) * d..(first + i + 1) * d];
-                rows::normalize_backward_row(&mut grad[i * d..(i + 1) * d], xn_row, inv[first + i]);
-            }
-        }
         let accuracy = if self.config.calc_acc {
-            Some(self.accuracy(comm, &stats.topk, &labels_g, sharded)?)
+            Some(global_accuracy(comm, &stats.topk, &labels_g, sharded)?)
         } else {
             None
         };
@@ -548,17 +563,19 @@ impl<T: HeadFloat> ShardedHead<T> {
             comm.all_reduce(&mut l, ReduceOp::Sum)?;
             loss_total = l[0];
         }
+        let sampled_classes = sampled.len();
+        self.last_sampled = Some(sampled);
         Ok(HeadOutput {
             loss: loss_total / batch_norm as f64,
             grad_features: grad,
             accuracy,
-            sampled_classes: sampled.len(),
+            sampled_classes,
             path: if plan.materialise {
                 HeadPath::Materialised
             } else {
                 HeadPath::Chunked { tile: plan.tile }
             },
-            gemm_flops: plan.gemm_flops(rows, d, sampled.len()),
+            gemm_flops: plan.gemm_flops(rows, d, sampled_classes),
             workspace_bytes: self.workspace.bytes() + self.xn.capacity() * size_of::<T>(),
             timings: HeadTimings {
                 other: (started.elapsed().as_secs_f64()
@@ -572,49 +589,170 @@ impl<T: HeadFloat> ShardedHead<T> {
     }
 }
 
-impl<T: HeadFloat> ShardedHead<T> {
-    /// Top-1 / top-5 over the global batch: the sharded head all-gathers each rank's per-row
-    /// top-5 (values and class indices, never the logits) and merges them in rank order; the
-    /// replicated head sums its hit counts.
-    fn accuracy(
-        &self,
-        comm: &dyn Communicator,
-        topk: &[TopK],
-        labels: &[i64],
-        sharded: bool,
-    ) -> Result<Accuracy, HeadError> {
-        let rows = labels.len();
-        let mut merged = topk.to_vec();
-        if sharded && comm.world_size() > 1 {
-            let values: Vec<f64> = topk.iter().flat_map(|t| t.values).collect();
-            let classes: Vec<i64> = topk.iter().flat_map(|t| t.classes).collect();
-            let all_values = comm.all_gather(&values)?;
-            let all_classes = comm.all_gather(&classes)?;
-            merged = vec![TopK::default(); rows];
-            for r in 0..comm.world_size() {
-                for (i, m) in merged.iter_mut().enumerate() {
-                    let at = (r * rows + i) * TOPK;
-                    let mut other = TopK::default();
-                    other.values.copy_from_slice(&all_values[at..at + TOPK]);
-                    other.classes.copy_from_slice(&all_classes[at..at + TOPK]);
-                    m.merge(&other);
-                }
+/// Phase 1's result on the host: the global batch as this rank sees it.
+struct GlobalBatch<T> {
+    x: Vec<T>,
+    labels: Vec<i64>,
+    row_counts: Vec<usize>,
+    /// The loss is the mean over this many rows.
+    batch_norm: usize,
+}
+
+/// Phase 1: **all-gather** features and labels (sharded head on more than one rank), with the
+/// shapes checked and the labels validated; the replicated head **all-reduces (sum)** its row
+/// count for the global batch size.
+fn gather_global_batch<T: HeadFloat>(
+    comm: &dyn Communicator,
+    config: &HeadConfig,
+    features: &[T],
+    labels: &[i64],
+) -> Result<GlobalBatch<T>, HeadError> {
+    let d = config.embedding_size;
+    let local_rows = labels.len();
+    let (x, labels_g, row_counts) = if config.loss.sharded && comm.world_size() > 1 {
+        let (xg, elem_counts) = comm.all_gather_varcount(features)?;
+        let (lg, row_counts) = comm.all_gather_varcount(labels)?;
+        for (r, (e, n)) in elem_counts.iter().zip(&row_counts).enumerate() {
+            if *e != n * d {
+                return Err(HeadError::Shape {
+                    rank: r,
+                    tensor: "features",
+                    got: vec![*e],
+                    expected: vec![*n, d],
+                });
             }
         }
-        let mut hits = [0.0f64, 0.0, rows as f64];
-        for (t, y) in merged.iter().zip(labels) {
-            hits[0] += f64::from(u8::from(t.hit(*y, 1)));
-            hits[1] += f64::from(u8::from(t.hit(*y, 5)));
+        (xg, lg, row_counts)
+    } else {
+        (features.to_vec(), labels.to_vec(), vec![local_rows])
+    };
+    validate_labels(&labels_g, &row_counts, config.num_classes)?;
+    let batch_norm = if config.loss.sharded {
+        labels_g.len()
+    } else {
+        let mut n = [local_rows as i64];
+        comm.all_reduce(&mut n, ReduceOp::Sum)?;
+        n[0] as usize
+    };
+    Ok(GlobalBatch {
+        x,
+        labels: labels_g,
+        row_counts,
+        batch_norm,
+    })
+}
+
+/// Phase 4: **all-reduce (max)** of the row maxima, the local sum-exp rescaled to the global
+/// max, then one fused **all-reduce (sum)** of sum-exp and target logits (sharded head on more
+/// than one rank). Returns `lse_i = M_i + ln S_i` and `sum_i (lse_i - z_iy)`.
+fn reduce_row_statistics<T: HeadFloat>(
+    comm: &dyn Communicator,
+    sharded: bool,
+    stats: &mut tile::RowStats<T>,
+) -> Result<(Vec<T>, f64), HeadError> {
+    if sharded && comm.world_size() > 1 {
+        let mut global_max = stats.max.clone();
+        comm.all_reduce(&mut global_max, ReduceOp::Max)?;
+        for ((sum, local), global) in stats.sum.iter_mut().zip(&stats.max).zip(&global_max) {
+            *sum = if *local == T::neg_infinity() {
+                T::zero()
+            } else {
+                *sum * (*local - *global).exp()
+            };
         }
-        if !sharded && comm.world_size() > 1 {
-            comm.all_reduce(&mut hits, ReduceOp::Sum)?;
-        }
-        let n = hits[2].max(1.0);
-        Ok(Accuracy {
-            top1: hits[0] / n,
-            top5: hits[1] / n,
-        })
+        stats.max = global_max;
+        comm.all_reduce_sum_fused(&mut [&mut stats.sum, &mut stats.target])?;
     }
+    let lse: Vec<T> = (0..stats.max.len())
+        .map(|i| stats.max[i] + stats.sum[i].ln())
+        .collect();
+    let loss_sum = (0..lse.len())
+        .map(|i| (lse[i] - stats.target[i]).as_f64())
+        .sum();
+    Ok((lse, loss_sum))
+}
+
+/// Phase 6: **reduce-scatter (sum)** of `dXn` to the rows' owners (sharded head on more than
+/// one rank), then back through the feature normalisation
+/// `dx_i = (dXn_i - (dXn_i . Xn_i) Xn_i) / |x_i|` with `norm = (Xn, 1/|x|)` of the global batch.
+fn scatter_feature_grad<T: HeadFloat>(
+    comm: &dyn Communicator,
+    sharded: bool,
+    row_counts: &[usize],
+    d: usize,
+    mut dxn: Vec<T>,
+    norm: Option<(&[T], &[T])>,
+) -> Result<Vec<T>, HeadError> {
+    let rank = comm.rank();
+    let distributed = sharded && comm.world_size() > 1;
+    let local_rows = if distributed {
+        row_counts.get(rank).copied().unwrap_or(0)
+    } else {
+        row_counts.first().copied().unwrap_or(0)
+    };
+    let mut grad = if distributed {
+        let counts: Vec<usize> = row_counts.iter().map(|n| n * d).collect();
+        let mut mine = vec![T::zero(); local_rows * d];
+        comm.reduce_scatter(&dxn, &mut mine, &counts)?;
+        mine
+    } else {
+        dxn.truncate(local_rows * d);
+        dxn
+    };
+    if let Some((xn, inv)) = norm {
+        let first = if distributed {
+            row_counts[..rank].iter().sum::<usize>()
+        } else {
+            0
+        };
+        for i in 0..local_rows {
+            let xn_row = &xn[(first + i) * d..(first + i + 1) * d];
+            rows::normalize_backward_row(&mut grad[i * d..(i + 1) * d], xn_row, inv[first + i]);
+        }
+    }
+    Ok(grad)
+}
+
+/// Top-1 / top-5 over the global batch: the sharded head all-gathers each rank's per-row
+/// top-5 (values and class indices, never the logits) and merges them in rank order; the
+/// replicated head sums its hit counts.
+pub(crate) fn global_accuracy(
+    comm: &dyn Communicator,
+    topk: &[TopK],
+    labels: &[i64],
+    sharded: bool,
+) -> Result<Accuracy, HeadError> {
+    let rows = labels.len();
+    let mut merged = topk.to_vec();
+    if sharded && comm.world_size() > 1 {
+        let values: Vec<f64> = topk.iter().flat_map(|t| t.values).collect();
+        let classes: Vec<i64> = topk.iter().flat_map(|t| t.classes).collect();
+        let all_values = comm.all_gather(&values)?;
+        let all_classes = comm.all_gather(&classes)?;
+        merged = vec![TopK::default(); rows];
+        for r in 0..comm.world_size() {
+            for (i, m) in merged.iter_mut().enumerate() {
+                let at = (r * rows + i) * TOPK;
+                let mut other = TopK::default();
+                other.values.copy_from_slice(&all_values[at..at + TOPK]);
+                other.classes.copy_from_slice(&all_classes[at..at + TOPK]);
+                m.merge(&other);
+            }
+        }
+    }
+    let mut hits = [0.0f64, 0.0, rows as f64];
+    for (t, y) in merged.iter().zip(labels) {
+        hits[0] += f64::from(u8::from(t.hit(*y, 1)));
+        hits[1] += f64::from(u8::from(t.hit(*y, 5)));
+    }
+    if !sharded && comm.world_size() > 1 {
+        comm.all_reduce(&mut hits, ReduceOp::Sum)?;
+    }
+    let n = hits[2].max(1.0);
+    Ok(Accuracy {
+        top1: hits[0] / n,
+        top5: hits[1] / n,
+    })
 }
 
 /// Checks every label of the global batch; the error names the rank the sample came from and

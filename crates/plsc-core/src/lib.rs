@@ -3,10 +3,12 @@
 //! class shards, chunked so it never holds the batch-by-classes matrix, with Partial FC sampling.
 //!
 //! In the flow: `models` (embedding) -> **`core`** (loss, feature gradient, sparse weight
-//! update) -> back into `models`; collectives through `comm`. Start at [`ShardedHead`].
+//! update) -> back into `models`; collectives through `comm`. Start at [`ShardedHead`] (the
+//! CPU kernel, host memory) or [`DeviceHead`] (burn tensors on the backend's device).
 
 pub mod burn_path;
 pub mod cpu;
+mod device_head;
 mod error;
 mod fast_exp;
 pub mod float;
@@ -19,6 +21,7 @@ pub mod sampling;
 pub mod sgd;
 pub mod shard;
 
+pub use device_head::{DeviceHead, DeviceHeadOutput, DeviceUpdate, HeadGradient};
 pub use error::HeadError;
 pub use float::{HeadFloat, Precision};
 pub use head::{

@@ -184,6 +184,14 @@ pub struct Entry {
     pub flip: bool,
     /// Decoder threads per rank.
     pub data_threads: usize,
+    /// Where training runs: `cpu` (the default: rank threads, the head's CPU kernel), `cuda`
+    /// (one GPU per process: GPU `LOCAL_RANK` under a launcher, else GPU 0) or `cuda:N`. CUDA
+    /// needs a build with the `cuda` feature (`cargo xtask` with `--features cuda,nccl`).
+    pub device: String,
+    /// Where the head's shard and its step live: `auto` (host rows and the CPU kernel on the
+    /// CPU, tensors on the device on a GPU), `host` or `device` (on the CPU: the generic tensor
+    /// path on Flex, which the GPU runs; for comparisons and tests).
+    pub head_placement: crate::device::PlacementChoice,
 }
 
 impl Default for Entry {
@@ -237,6 +245,8 @@ impl Default for Entry {
             grad_clip_norm: 5.0,
             flip: true,
             data_threads: 1,
+            device: "cpu".into(),
+            head_placement: crate::device::PlacementChoice::Auto,
         }
     }
 }
@@ -331,6 +341,10 @@ impl Entry {
         with_keep_last: keep_last: usize;
         /// Continue from the newest valid checkpoint.
         with_resume: resume: bool;
+        /// Device: `cpu`, `cuda` or `cuda:N`.
+        with_device: device: &str;
+        /// Where the head lives: `auto`, `host` or `device`.
+        with_head_placement: head_placement: crate::device::PlacementChoice;
         /// With `resume`: start from step 0 when only damaged checkpoints are left.
         with_restart: restart: bool;
         /// With a pretrained checkpoint, load its head rows too.
@@ -428,6 +442,16 @@ impl Entry {
     }
 
     /// The head's operand precision: f16 under mixed precision, else f32.
+    /// The parsed [`Entry::device`].
+    pub fn device(&self) -> Result<crate::device::Device> {
+        self.device.parse()
+    }
+
+    /// Where the head runs: [`Entry::head_placement`], `auto` resolved by the device.
+    pub fn placement(&self) -> Result<crate::device::Placement> {
+        Ok(self.head_placement.resolve(&self.device()?))
+    }
+
     pub fn head_precision(&self) -> Precision {
         if self.mixed_precision {
             Precision::F16
@@ -453,6 +477,7 @@ impl Entry {
     /// Checks every setting that does not need the data.
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &'static str, detail: String| Err(TrainError::Config { name, detail });
+        self.device()?;
         if self.num_classes == 0 {
             return bad("num_classes", "must be > 0".into());
         }

@@ -13,6 +13,14 @@ pub enum TrainError {
         /// What is wrong.
         detail: String,
     },
+    /// The device the settings name is not in this build, or not on this machine.
+    #[error("device `{device}`: {detail}")]
+    DeviceUnavailable {
+        /// The device setting.
+        device: String,
+        /// Why, and what to do.
+        detail: String,
+    },
     /// A config file could not be read or parsed.
     #[error("config file {path}: {detail}")]
     ConfigFile {

@@ -1,4 +1,5 @@
-//! A complete run from an [`Entry`] on the CPU backend: data streams over `dataset_dir`, the
+//! A complete run from an [`Entry`], on the CPU (rank threads or processes) or on GPUs (one
+//! process per GPU), through one per-rank [`job`]: data streams over `dataset_dir`, the
 //! registered backbone, verification sets, and a run directory with `config.toml`,
 //! `metrics.jsonl`, `backbone.safetensors` and `summary.json`.
 
@@ -6,21 +7,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
-use plsc_comm::{CommExt, Communicator};
+use burn::tensor::backend::AutodiffBackend;
+use plsc_comm::tensor::TensorComm;
+use plsc_comm::{CommExt, Communicator, run_ranks};
 use plsc_data::decode::ImageSpec;
 use plsc_data::stream::{BatchStream, Position, StreamConfig};
 use plsc_models::{Backbone, BackboneConfig};
 use serde::Serialize;
 
+use crate::device::Device;
 use crate::entry::Entry;
 use crate::error::{Result, TrainError};
 use crate::model::TrainModel;
 use crate::resume::{Beginning, find_beginning};
 use crate::run_dir::{JsonLines, create_run_dir, write_atomically};
-use crate::val_sets::load_val_sets;
 use crate::trainer::{
-    BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Start, Timings, train, train_rank,
+    BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Start, Timings, train_rank,
 };
+use crate::val_sets::load_val_sets;
 
 /// The training backend on CPU.
 pub type CpuBackend = Autodiff<Flex>;
@@ -115,11 +119,11 @@ pub fn steps_per_epoch(entry: &Entry, stream: &BatchStream) -> u64 {
     }
 }
 
-/// The backbone `entry` names, seeded.
-pub fn build_backbone(
+/// The backbone `entry` names, seeded, on `device` of backend `B`.
+pub fn build_backbone<B: burn::tensor::backend::Backend>(
     entry: &Entry,
-    device: &burn_flex::FlexDevice,
-) -> Result<Backbone<CpuBackend>> {
+    device: &B::Device,
+) -> Result<Backbone<B>> {
     BackboneConfig::new(entry.model.clone())
         .with_embedding_size(entry.embedding_size)
         .with_in_channels(entry.in_channels)
@@ -128,53 +132,102 @@ pub fn build_backbone(
         .map_err(|source| TrainError::model(0, source))
 }
 
-/// Trains `entry` on the CPU with `entry.ranks` rank threads and writes a new run directory
-/// under `entry.model_save_dir` (or, resuming, continues the run directory of the checkpoint).
+/// Trains `entry` in this process and writes a new run directory under
+/// `entry.model_save_dir` (or, resuming, continues the run directory of the checkpoint).
+///
+/// On the CPU the ranks are `entry.ranks` threads, each running [`job`] over the thread group;
+/// on a GPU (`device = "cuda"`) this process is one rank on one GPU (`entry.ranks` must be 1:
+/// more GPUs are more processes, `cargo xtask launch --nproc-per-node G -- train --device cuda
+/// --ranks G`).
 pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
     entry.validate()?;
-    let device = Default::default();
-    let streams: Vec<BatchStream> = (0..entry.ranks)
-        .map(|r| open_stream(entry, r))
-        .collect::<Result<_>>()?;
-    let spe = checked_steps_per_epoch(entry, &streams[0])?;
-    let beginning = find_beginning(entry)?;
-    let plan = plan_for(entry, spe, &streams[0], beginning.steps_done);
-    let files = open_run_files(entry, &beginning, plan.start_step)?;
-    let checkpoints = checkpoint_root(entry, &beginning, &files.run_dir);
-    log_start(entry, &plan, &files.run_dir, "rank threads");
-    let outputs = Outputs {
-        metrics: Some(files.metrics),
-        progress,
-        val_sets: load_val_sets(entry)?,
-        checkpoint: Some((checkpoints.clone(), model_spec(entry))),
-        start: beginning.start,
-    };
-    let backbone = build_backbone(entry, &device)?;
-    let position = data_position(&plan);
-    let outcome = train::<CpuBackend, _, _>(
-        entry,
-        &backbone,
-        &device,
-        plan,
-        |rank| Ok(stream_batches_from(&streams[rank], rank, position)),
-        outputs,
-    )?;
-    finish_run(entry, &plan, &files.run_dir, &checkpoints, &outcome)
+    match entry.device()? {
+        Device::Cpu => {
+            let device = burn_flex::FlexDevice::default();
+            let results = run_ranks(entry.ranks, |comm| {
+                job::<CpuBackend, _>(entry, &comm, &device, progress)
+            });
+            first_rank_summary(results)
+        }
+        Device::Cuda(index) => {
+            if entry.ranks != 1 {
+                return Err(TrainError::Config {
+                    name: "ranks",
+                    detail: format!(
+                        "the settings say {} ranks, but on GPUs each rank is a process with its \
+                         own GPU: train on one GPU with --ranks 1, or on G GPUs with \
+                         `cargo xtask launch --nproc-per-node G -- train --device cuda --ranks G`",
+                        entry.ranks
+                    ),
+                });
+            }
+            cuda::run_single(entry, index.unwrap_or(0), progress)
+        }
+    }
 }
 
-/// One process of a multi-process run (launched by `xtask launch` or `mpirun`): this process
-/// is rank `comm.rank()` of `comm.world_size()`, which must equal `entry.ranks`. Rank 0
-/// decides where the run goes and what it starts from (resume, pretrained) and tells the
-/// others; every rank reads its own part of the data and writes its head shard into the
-/// shared checkpoint directory; rank 0 writes the run directory and returns its summary.
+/// Rank 0's summary from the ranks' results (the first error, in rank order, otherwise).
+fn first_rank_summary(results: Vec<Result<Option<RunSummary>>>) -> Result<RunSummary> {
+    let mut summary = None;
+    for r in results {
+        if let Some(s) = r? {
+            summary.get_or_insert(s);
+        }
+    }
+    summary.ok_or_else(|| TrainError::Config {
+        name: "ranks",
+        detail: "rank 0 returned no summary".into(),
+    })
+}
+
+/// One process of a multi-process CPU run (launched by `xtask launch` or `mpirun`, TCP or MPI
+/// collectives): [`job`] on the CPU. `comm.world_size()` must equal `entry.ranks`.
 pub fn run_process(
     entry: &Entry,
     comm: &dyn Communicator,
     progress: bool,
 ) -> Result<Option<RunSummary>> {
     entry.validate()?;
-    let rank = comm.rank();
-    let device = Default::default();
+    if let Device::Cuda(_) = entry.device()? {
+        return Err(TrainError::Config {
+            name: "device",
+            detail: "a GPU process takes its NCCL communicator from the launcher's environment: \
+                     call plsc_train::job::run_launched"
+                .into(),
+        });
+    }
+    job::<CpuBackend, dyn Communicator>(entry, comm, &Default::default(), progress)
+}
+
+/// One rank of a run on backend `B` over `comm` (a rank thread of [`run`], or a process):
+/// rank 0 decides where the run goes and what it starts from (resume, pretrained) and tells the
+/// others; every rank reads its own part of the data and writes its head shard into the
+/// shared checkpoint directory; rank 0 writes the run directory and returns its summary. The
+/// same code for threads, processes and devices.
+pub fn job<B, C>(
+    entry: &Entry,
+    comm: &C,
+    device: &B::Device,
+    progress: bool,
+) -> Result<Option<RunSummary>>
+where
+    B: AutodiffBackend,
+    C: TensorComm<B::InnerBackend> + ?Sized,
+{
+    entry.validate()?;
+    let hcomm = comm.communicator();
+    let rank = hcomm.rank();
+    if hcomm.world_size() != entry.ranks {
+        return Err(TrainError::Config {
+            name: "ranks",
+            detail: format!(
+                "the settings say {} ranks, the communicator (launcher) holds {}: set ranks \
+                 (--ranks) to the number of processes",
+                entry.ranks,
+                hcomm.world_size()
+            ),
+        });
+    }
     let stream = open_stream(entry, rank)?;
     let spe = checked_steps_per_epoch(entry, &stream)?;
 
@@ -195,7 +248,7 @@ pub fn run_process(
     } else {
         Err(String::new())
     };
-    let shared = broadcast_json(comm, rank, &decided)?;
+    let shared = broadcast_json(hcomm, rank, &decided)?;
     let shared: SharedStart = match shared {
         Ok(s) => s,
         Err(msg) if rank == 0 => {
@@ -220,17 +273,22 @@ pub fn run_process(
         ..Outputs::default()
     };
     if let Some(f) = files {
-        log_start(entry, &plan, &run_dir, "processes");
+        let how = match entry.device()? {
+            Device::Cpu if hcomm.world_size() > 1 => "rank threads or processes",
+            Device::Cpu => "one rank",
+            Device::Cuda(_) => "GPU processes",
+        };
+        log_start(entry, &plan, &run_dir, how);
         outputs.metrics = Some(f.metrics);
         outputs.progress = progress;
         outputs.val_sets = load_val_sets(entry)?;
     }
-    let backbone = build_backbone(entry, &device)?;
-    let outcome = train_rank::<CpuBackend, _>(
+    let backbone = build_backbone::<B>(entry, device)?;
+    let outcome = train_rank::<B, _, C>(
         entry,
         comm,
         backbone,
-        &device,
+        device,
         plan,
         stream_batches_from(&stream, rank, data_position(&plan)),
         outputs,
@@ -239,6 +297,136 @@ pub fn run_process(
         return Ok(None);
     }
     finish_run(entry, &plan, &run_dir, &checkpoints, &outcome).map(Some)
+}
+
+/// One process of a multi-process GPU run (`cargo xtask launch ... -- train --device cuda`):
+/// the launcher's environment gives the rank, the world and the GPU (`LOCAL_RANK`); NCCL
+/// connects the processes (a world of one runs without NCCL).
+pub fn run_launched(
+    entry: &Entry,
+    env: &plsc_comm::env::RankEnv,
+    progress: bool,
+) -> Result<Option<RunSummary>> {
+    entry.validate()?;
+    match entry.device()? {
+        Device::Cpu => Err(TrainError::Config {
+            name: "device",
+            detail: "run_launched is the GPU path; CPU processes use run_process".into(),
+        }),
+        Device::Cuda(index) => cuda::run_launched(entry, env, index, progress),
+    }
+}
+
+/// The GPU runs (feature `cuda`; NCCL between processes with feature `nccl`).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+
+    /// The training backend on NVIDIA GPUs.
+    pub type CudaBackend = Autodiff<burn::backend::Cuda>;
+
+    fn device(index: usize) -> burn::backend::cuda::CudaDevice {
+        burn::backend::cuda::CudaDevice::new(index)
+    }
+
+    fn one_rank() -> Result<plsc_comm::ThreadComm> {
+        plsc_comm::ThreadGroup::new(1)
+            .pop()
+            .ok_or_else(|| TrainError::Config {
+                name: "ranks",
+                detail: "a thread group of one rank was empty".into(),
+            })
+    }
+
+    pub fn run_single(entry: &Entry, index: usize, progress: bool) -> Result<RunSummary> {
+        let comm = one_rank()?;
+        job::<CudaBackend, _>(entry, &comm, &device(index), progress)?.ok_or_else(|| {
+            TrainError::Config {
+                name: "ranks",
+                detail: "rank 0 returned no summary".into(),
+            }
+        })
+    }
+
+    pub fn run_launched(
+        entry: &Entry,
+        env: &plsc_comm::env::RankEnv,
+        index: Option<usize>,
+        progress: bool,
+    ) -> Result<Option<RunSummary>> {
+        if let Some(i) = index.filter(|i| *i != env.local_rank) {
+            return Err(TrainError::Config {
+                name: "device",
+                detail: format!(
+                    "under a launcher each process takes GPU LOCAL_RANK ({}), but the settings \
+                     name cuda:{i}: use --device cuda",
+                    env.local_rank
+                ),
+            });
+        }
+        let dev = device(env.local_rank);
+        if env.world_size == 1 {
+            let comm = one_rank()?;
+            return job::<CudaBackend, _>(entry, &comm, &dev, progress);
+        }
+        nccl(entry, env, &dev, progress)
+    }
+
+    #[cfg(feature = "nccl")]
+    fn nccl(
+        entry: &Entry,
+        env: &plsc_comm::env::RankEnv,
+        dev: &burn::backend::cuda::CudaDevice,
+        progress: bool,
+    ) -> Result<Option<RunSummary>> {
+        let comm =
+            plsc_comm::nccl::NcclComm::from_env(env, plsc_comm::nccl::NcclOptions::default())?;
+        job::<CudaBackend, _>(entry, &comm, dev, progress)
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    fn nccl(
+        _entry: &Entry,
+        env: &plsc_comm::env::RankEnv,
+        _dev: &burn::backend::cuda::CudaDevice,
+        _progress: bool,
+    ) -> Result<Option<RunSummary>> {
+        Err(TrainError::DeviceUnavailable {
+            device: "cuda".into(),
+            detail: format!(
+                "{} GPU processes need NCCL, and this build has none: build with the `nccl` \
+                 feature (`cargo run -p xtask --features cuda,nccl -- launch ...`)",
+                env.world_size
+            ),
+        })
+    }
+}
+
+/// Without the `cuda` feature a CUDA device never parses ([`Device`]'s error says how to build
+/// with it); these are never reached.
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::*;
+
+    fn unavailable() -> TrainError {
+        TrainError::DeviceUnavailable {
+            device: "cuda".into(),
+            detail: "this build has no CUDA backend: `cargo run -p xtask --features cuda,nccl -- train --device cuda`".into(),
+        }
+    }
+
+    pub fn run_single(_entry: &Entry, _index: usize, _progress: bool) -> Result<RunSummary> {
+        Err(unavailable())
+    }
+
+    pub fn run_launched(
+        _entry: &Entry,
+        _env: &plsc_comm::env::RankEnv,
+        _index: Option<usize>,
+        _progress: bool,
+    ) -> Result<Option<RunSummary>> {
+        Err(unavailable())
+    }
 }
 
 /// What rank 0 tells the other processes about the run it prepared.
@@ -418,12 +606,12 @@ fn log_start(entry: &Entry, plan: &Plan, run_dir: &Path, how: &str) {
 
 /// Rank 0 after training: the backbone file, the exported model from the last checkpoint and
 /// `summary.json`.
-fn finish_run(
+fn finish_run<B: AutodiffBackend>(
     entry: &Entry,
     plan: &Plan,
     run_dir: &Path,
     checkpoints: &Path,
-    outcome: &crate::trainer::TrainOutcome<plsc_models::Backbone<CpuBackend>>,
+    outcome: &crate::trainer::TrainOutcome<plsc_models::Backbone<B>>,
 ) -> Result<RunSummary> {
     let backbone_path = run_dir.join("backbone.safetensors");
     outcome.ranks[0]

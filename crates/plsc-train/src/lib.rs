@@ -29,8 +29,10 @@
 //! - [`sync`]: data-parallel gradient sum; [`scaler`]: dynamic loss scaling;
 //!   [`schedule`]: warmup + piecewise or polynomial decay.
 
+pub mod device;
 pub mod entry;
 mod error;
+pub mod head;
 pub mod job;
 pub mod model;
 pub mod resume;

@@ -1,6 +1,8 @@
 //! Data-parallel gradient synchronisation: the backbone's gradients are flattened in parameter
-//! order into one host buffer, summed across ranks in buckets through plsc-comm, then unscaled,
-//! clipped and put back.
+//! order into one buffer, summed across ranks through plsc-comm, then unscaled, clipped and put
+//! back. [`FlatGrads`] keeps the buffer on the host (the CPU placement: bucketed host
+//! all-reduce, the norm in f64); [`DeviceGrads`] keeps it on the device (GPUs: one device
+//! all-reduce, nothing of size leaves the device).
 //!
 //! The sum (not the mean) is right because the head's loss is already the mean over the global
 //! batch: each rank's gradient is its share of the global-batch gradient.
@@ -9,8 +11,9 @@ use std::collections::HashSet;
 
 use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use plsc_comm::tensor::TensorComm;
 use plsc_comm::{CommExt, Communicator, ReduceOp};
 
 use crate::error::Result;
@@ -173,4 +176,146 @@ pub fn unscale_clip_factor(scaled_norm: f64, loss_scale: f64, max_norm: f64) -> 
         1.0
     };
     clip / loss_scale
+}
+
+/// The flat gradients of one step kept on the device (the device placement: GPUs): one
+/// tensor in parameter order, summed across ranks by one device collective
+/// ([`TensorComm::all_reduce_tensor`], NCCL on GPUs), with the norm and the finiteness check
+/// reduced on the device (one value each to the host).
+pub struct DeviceGrads<B: Backend> {
+    slots: Vec<Slot>,
+    /// All gradients in parameter order, `[n]`.
+    pub values: Tensor<B, 1>,
+}
+
+struct CollectDevice<'a, B: Backend> {
+    grads: &'a mut GradientsParams,
+    seen: HashSet<ParamId>,
+    slots: Vec<Slot>,
+    parts: Vec<Tensor<B, 1>>,
+    len: usize,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for CollectDevice<'_, B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.seen.insert(param.id) {
+            return;
+        }
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let shape = g.dims().to_vec();
+            let n: usize = shape.iter().product();
+            self.slots.push(Slot {
+                id: param.id,
+                shape,
+                offset: self.len,
+                len: n,
+            });
+            self.len += n;
+            self.parts.push(g.reshape([n]));
+        }
+    }
+}
+
+struct RestoreDevice<'a, B: Backend> {
+    grads: GradientsParams,
+    slots: &'a [Slot],
+    next: usize,
+    values: &'a Tensor<B, 1>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for RestoreDevice<'_, B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(slot) = self.slots.get(self.next) else {
+            return;
+        };
+        if slot.id != param.id {
+            return;
+        }
+        self.next += 1;
+        let mut shape = [0usize; D];
+        shape.copy_from_slice(&slot.shape);
+        let t = self
+            .values
+            .clone()
+            .narrow(0, slot.offset, slot.len)
+            .reshape(shape);
+        self.grads.register(slot.id, t);
+    }
+}
+
+impl<B: Backend> DeviceGrads<B> {
+    /// Moves every parameter gradient of `module` out of `grads` into one device tensor.
+    pub fn collect<AB, M>(module: &M, grads: &mut GradientsParams, device: &B::Device) -> Self
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: burn::module::AutodiffModule<AB>,
+    {
+        let mut c = CollectDevice::<B> {
+            grads,
+            seen: HashSet::new(),
+            slots: Vec::new(),
+            parts: Vec::new(),
+            len: 0,
+        };
+        module.visit(&mut c);
+        let values = if c.parts.is_empty() {
+            Tensor::zeros([0], device)
+        } else {
+            Tensor::cat(c.parts, 0)
+        };
+        Self {
+            slots: c.slots,
+            values,
+        }
+    }
+
+    /// Sums the gradients across ranks in one device collective.
+    pub fn all_reduce_sum<C: TensorComm<B> + ?Sized>(&mut self, comm: &C) -> Result<()> {
+        if comm.world_size() > 1 {
+            self.values = comm.all_reduce_tensor(self.values.clone(), ReduceOp::Sum)?;
+        }
+        Ok(())
+    }
+
+    /// The L2 norm of the gradients (summed on the device in f32, returned as f64).
+    pub fn norm(&self) -> f64 {
+        let sq = self.values.clone().square().sum();
+        sq.into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .map_or(f64::NAN, |v| v.first().copied().unwrap_or(f64::NAN))
+            .sqrt()
+    }
+
+    /// Whether every gradient is finite.
+    pub fn all_finite(&self) -> bool {
+        let bad = self.values.clone().is_finite().bool_not().any();
+        !bad.into_data()
+            .convert::<bool>()
+            .into_vec::<bool>()
+            .map_or(true, |v| v.first().copied().unwrap_or(true))
+    }
+
+    /// Multiplies the gradients by `factor` (skipped when it is 1).
+    pub fn scale(&mut self, factor: f64) {
+        if factor != 1.0 {
+            self.values = self.values.clone().mul_scalar(factor as f32);
+        }
+    }
+
+    /// The gradients as burn expects them, keyed by parameter id.
+    pub fn into_grads<AB, M>(self, module: &M) -> GradientsParams
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: burn::module::AutodiffModule<AB>,
+    {
+        let mut r = RestoreDevice::<B> {
+            grads: GradientsParams::new(),
+            slots: &self.slots,
+            next: 0,
+            values: &self.values,
+        };
+        module.visit(&mut r);
+        r.grads
+    }
 }

@@ -26,9 +26,9 @@ use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
+use plsc_comm::tensor::TensorComm;
 use plsc_comm::{CommExt, Communicator, run_ranks};
-use plsc_core::sgd::sgd_update;
-use plsc_core::{HeadConfig, ShardedHead, SparseSgdConfig, WeightUpdate};
+use plsc_core::{HeadConfig, SparseSgdConfig};
 use plsc_eval::{EmbedderError, EvalOptions, Normalize, PairSet, Verification, VerifyConfig};
 use plsc_models::grad::backward_with_grad;
 use plsc_models::optim::{
@@ -38,10 +38,11 @@ use serde::Serialize;
 
 use crate::entry::Entry;
 use crate::error::{Result, TrainError};
+use crate::head::RankHead;
 use crate::model::TrainModel;
 use crate::run_dir::JsonLines;
 use crate::scaler::LossScaler;
-use crate::sync::{FlatGrads, unscale_clip_factor};
+use crate::sync::{DeviceGrads, FlatGrads, unscale_clip_factor};
 
 /// One rank's batch: `images` NCHW (`b * C * S * S` floats) and `b` labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +165,9 @@ pub struct LogRecord {
     pub loss: f64,
     /// Global images per second since the last record.
     pub images_per_sec: f64,
+    /// Mean seconds per step this rank waited for its batch (decoding and the host-to-device
+    /// copy) since the last record: near 0 when the data keeps up.
+    pub data_wait_s: f64,
     /// Training top-1 accuracy of the last step (with `calc_acc`).
     pub acc1: Option<f64>,
     /// Training top-5 accuracy of the last step (with `calc_acc`).
@@ -323,7 +327,7 @@ where
         }
         .unwrap_or_else(|| others.for_other_rank());
         let batches = data(rank)?;
-        train_rank::<B, M>(entry, &comm, model, device, plan, batches, out)
+        train_rank::<B, M, _>(entry, &comm, model, device, plan, batches, out)
     });
     let mut outs = Vec::with_capacity(n);
     for r in results {
@@ -349,30 +353,50 @@ fn to_f32_vec<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>
         .unwrap_or_default()
 }
 
-/// Applies the head's update from its gradient (the mixed-precision path), with the sparse
-/// semantics of the head's own step: with class sampling, rows without gradient keep their
-/// weight and momentum.
-fn apply_head_gradient(
-    head: &mut ShardedHead<f32>,
-    grad: &[f32],
-    lr: f64,
+/// One batch taken from a rank's stream and copied to the device.
+struct Fetched<B: AutodiffBackend> {
+    images: Tensor<B, 4>,
+    labels: Vec<i64>,
+}
+
+/// Takes the batch of `step` from `batches`, checks its size and copies its images to
+/// `device`.
+fn fetch<B: AutodiffBackend>(
+    batches: &mut BatchIter,
     entry: &Entry,
-) -> Result<()> {
-    let d = entry.embedding_size;
-    let mut w = head.weight().to_vec();
-    let mut v = head.velocity().to_vec();
-    let (lr, m, wd) = (lr as f32, entry.momentum as f32, entry.weight_decay as f32);
-    let sparse = entry.sample_ratio < 1.0;
-    for ((wr, vr), gr) in w.chunks_mut(d).zip(v.chunks_mut(d)).zip(grad.chunks(d)) {
-        if sparse && gr.iter().all(|&g| g == 0.0) {
-            continue;
-        }
-        sgd_update(wr, vr, gr, lr, m, wd);
+    rank: usize,
+    step: u64,
+    total: u64,
+    device: &B::Device,
+) -> Result<Fetched<B>> {
+    let b = entry.train_batch_size;
+    let (c, s) = (entry.in_channels, entry.input_size);
+    let pixels = b * c * s * s;
+    let batch = match batches.next() {
+        Some(b) => b?,
+        None => return Err(TrainError::DataEnded { rank, step, total }),
+    };
+    if batch.labels.len() != b || batch.images.len() != pixels {
+        return Err(TrainError::Batch {
+            rank,
+            step,
+            detail: format!(
+                "{} labels and {} floats, expected {b} and {pixels} ([{b}, {c}, {s}, {s}])",
+                batch.labels.len(),
+                batch.images.len()
+            ),
+        });
     }
-    let rank = head.shard().rank;
-    head.set_weight(w, None)
-        .and_then(|()| head.set_velocity(v, None))
-        .map_err(|source| TrainError::head(rank, source))
+    Ok(Fetched {
+        images: Tensor::from_data(TensorData::new(batch.images, [b, c, s, s]), device),
+        labels: batch.labels,
+    })
+}
+
+/// The backbone's gradients of one step, where the placement keeps them.
+enum StepGradsBuf<B: AutodiffBackend> {
+    Host(FlatGrads),
+    Device(DeviceGrads<B::InnerBackend>),
 }
 
 /// Runs this rank's part of `entry` on `comm` (a thread of [`train`], or a process of a
@@ -380,9 +404,9 @@ fn apply_head_gradient(
 /// replica (the same values on every rank), `batches` its data from `plan.start_step` on.
 /// The outcome holds this rank's model and head shard only; the losses are the global-batch
 /// means every rank sees.
-pub fn train_rank<B, M>(
+pub fn train_rank<B, M, C>(
     entry: &Entry,
-    comm: &dyn Communicator,
+    comm: &C,
     mut model: M,
     device: &B::Device,
     plan: Plan,
@@ -392,7 +416,10 @@ pub fn train_rank<B, M>(
 where
     B: AutodiffBackend,
     M: TrainModel<B>,
+    C: TensorComm<B::InnerBackend> + ?Sized,
 {
+    let tcomm = comm;
+    let comm: &dyn Communicator = tcomm.communicator();
     if comm.world_size() != entry.ranks {
         return Err(TrainError::Config {
             name: "ranks",
@@ -420,7 +447,10 @@ where
                 .with_momentum(entry.momentum)
                 .with_weight_decay(entry.weight_decay),
         );
-    let mut head = ShardedHead::<f32>::new(head_cfg, rank, comm.world_size()).map_err(head_err)?;
+    let placement = entry.placement()?;
+    let mut head =
+        RankHead::<B::InnerBackend>::new(placement, head_cfg, rank, comm.world_size(), device)
+            .map_err(head_err)?;
     let mut optim = SgdMomentumConfig::new()
         .with_momentum(entry.momentum)
         .with_weight_decay(entry.weight_decay)
@@ -436,7 +466,7 @@ where
         Start::Fresh => {}
         Start::Resume(ckpt) => {
             (model, optim) = load_backbone::<B, M>(model, optim, ckpt, true, rank)?;
-            ckpt.load_into_head(&mut head, true).map_err(ckpt_err)?;
+            head.load(ckpt, true).map_err(ckpt_err)?;
             if let Some(state) = &ckpt.manifest().training.loss_scale {
                 scaler = LossScaler::restore(entry.loss_scale.clone(), state);
             }
@@ -447,21 +477,10 @@ where
         } => {
             (model, optim) = load_backbone::<B, M>(model, optim, checkpoint, false, rank)?;
             if *with_head {
-                checkpoint
-                    .load_into_head(&mut head, false)
-                    .map_err(ckpt_err)?;
+                head.load(checkpoint, false).map_err(ckpt_err)?;
             }
         }
     }
-    let b = entry.train_batch_size;
-    let (c, s) = (entry.in_channels, entry.input_size);
-    let pixels = b * c * s * s;
-    let mut head_grad = if mixed {
-        vec![0.0f32; head.weight().len()]
-    } else {
-        Vec::new()
-    };
-
     let is_logger = rank == 0;
     let progress = out.as_ref().is_some_and(|o| o.progress);
     let bar = if progress {
@@ -486,52 +505,40 @@ where
     let start = Instant::now();
     let mut window_start = Instant::now();
     let mut window_loss = 0.0;
+    let mut window_data = 0.0;
     let mut window_steps = 0u64;
 
+    // The batch of the next step is taken and copied to the device while this step's kernels
+    // run (on GPUs the copy overlaps the compute; on the CPU it only changes when it happens).
+    let mut ahead: Option<Fetched<B>> = None;
     for step in plan.start_step..plan.total_steps {
         // 1. data
         let t0 = Instant::now();
-        let batch = match batches.next() {
-            Some(b) => b?,
-            None => {
-                return Err(TrainError::DataEnded {
-                    rank,
-                    step,
-                    total: plan.total_steps,
-                });
-            }
+        let Fetched { images: x, labels } = match ahead.take() {
+            Some(f) => f,
+            None => fetch::<B>(&mut batches, entry, rank, step, plan.total_steps, device)?,
         };
-        if batch.labels.len() != b || batch.images.len() != pixels {
-            return Err(TrainError::Batch {
-                rank,
-                step,
-                detail: format!(
-                    "{} labels and {} floats, expected {b} and {pixels} ([{b}, {c}, {s}, {s}])",
-                    batch.labels.len(),
-                    batch.images.len()
-                ),
-            });
-        }
         let t1 = Instant::now();
 
-        // 2. forward
-        let x = Tensor::<B, 4>::from_data(TensorData::new(batch.images, [b, c, s, s]), device);
+        // 2. forward (the next batch's copy is queued behind it)
         let emb = model.embed(x);
-        let emb_host = to_f32_vec(emb.clone());
+        let t_fwd = Instant::now();
+        if step + 1 < plan.total_steps {
+            ahead = Some(fetch::<B>(
+                &mut batches,
+                entry,
+                rank,
+                step + 1,
+                plan.total_steps,
+                device,
+            )?);
+        }
         let t2 = Instant::now();
 
         // 3. head
         let lr = schedule.lr_at(step);
-        let update = if mixed {
-            WeightUpdate::Gradient {
-                weight: &mut head_grad,
-                bias: None,
-            }
-        } else {
-            WeightUpdate::Sgd { lr }
-        };
         let ho = head
-            .step(comm, &emb_host, &batch.labels, step, update)
+            .step(tcomm, emb.clone().inner(), &labels, step, lr, mixed)
             .map_err(head_err)?;
         let t3 = Instant::now();
 
@@ -539,35 +546,70 @@ where
         let loss_scale = if mixed { scaler.scale() } else { 1.0 };
         let mut g = ho.grad_features;
         if loss_scale != 1.0 {
-            let f = loss_scale as f32;
-            g.iter_mut().for_each(|v| *v *= f);
+            g = g.mul_scalar(loss_scale as f32);
         }
-        let d = entry.embedding_size;
-        let g = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(g, [b, d]), device);
         let raw =
             backward_with_grad::<B>(emb, g).map_err(|source| TrainError::model(rank, source))?;
         let mut grads = burn::optim::GradientsParams::from_grads(raw, &model);
-        let mut flat = FlatGrads::collect::<B, M>(&model, &mut grads);
-        if mixed {
-            // The head's gradient is finite or not on each shard: one flag per rank, summed.
-            let ok = head_grad.iter().all(|v| v.is_finite()) && ho.loss.is_finite();
-            flat.values.push(if ok { 0.0 } else { f32::INFINITY });
-        }
+        let mut flat = match placement {
+            crate::device::Placement::Host => {
+                StepGradsBuf::<B>::Host(FlatGrads::collect::<B, M>(&model, &mut grads))
+            }
+            crate::device::Placement::Device => {
+                StepGradsBuf::Device(DeviceGrads::collect::<B, M>(&model, &mut grads, device))
+            }
+        };
+        // The head's gradient is finite or not on each shard: one flag per rank, summed.
+        let head_ok = !mixed || (ho.head_finite && ho.loss.is_finite());
         let t4 = Instant::now();
 
         // 5. sum across ranks
-        flat.all_reduce_sum(comm)?;
+        let mut flag = [if head_ok { 0.0f32 } else { 1.0 }];
+        match &mut flat {
+            StepGradsBuf::Host(f) => {
+                if mixed {
+                    f.values.push(flag[0]);
+                }
+                f.all_reduce_sum(comm)?;
+                if mixed {
+                    flag[0] = f.values.pop().unwrap_or(f32::INFINITY);
+                }
+            }
+            StepGradsBuf::Device(f) => {
+                f.all_reduce_sum(tcomm)?;
+                if mixed && comm.world_size() > 1 {
+                    comm.all_reduce(&mut flag, plsc_comm::ReduceOp::Sum)?;
+                }
+            }
+        }
         let t5 = Instant::now();
 
         // 6. unscale, check, clip, step
-        let finite = !mixed || flat.all_finite();
+        let finite = !mixed
+            || (flag[0] == 0.0
+                && match &flat {
+                    StepGradsBuf::Host(f) => f.all_finite(),
+                    StepGradsBuf::Device(f) => f.all_finite(),
+                });
         if scaler.update(finite) {
-            let factor = unscale_clip_factor(flat.norm(), loss_scale, entry.grad_clip_norm);
-            flat.scale(factor);
-            let grads = flat.into_grads::<B, M>(&model, device);
+            let norm = match &flat {
+                StepGradsBuf::Host(f) => f.norm(),
+                StepGradsBuf::Device(f) => f.norm(),
+            };
+            let factor = unscale_clip_factor(norm, loss_scale, entry.grad_clip_norm);
+            let grads = match flat {
+                StepGradsBuf::Host(mut f) => {
+                    f.scale(factor);
+                    f.into_grads::<B, M>(&model, device)
+                }
+                StepGradsBuf::Device(mut f) => {
+                    f.scale(factor);
+                    f.into_grads::<B, M>(&model)
+                }
+            };
             model = optim.step(lr, model, grads);
-            if mixed {
-                apply_head_gradient(&mut head, &head_grad, lr, entry)?;
+            if let Some(pending) = ho.pending {
+                head.apply_gradient(pending, lr).map_err(head_err)?;
             }
         } else if is_logger {
             bar.suspend(|| {
@@ -582,8 +624,10 @@ where
         }
         let t6 = Instant::now();
         let st = StepTiming {
-            data_s: (t1 - t0).as_secs_f64(),
-            backbone_s: (t2 - t1).as_secs_f64() + (t4 - t3).as_secs_f64() + (t6 - t5).as_secs_f64(),
+            data_s: (t1 - t0).as_secs_f64() + (t2 - t_fwd).as_secs_f64(),
+            backbone_s: (t_fwd - t1).as_secs_f64()
+                + (t4 - t3).as_secs_f64()
+                + (t6 - t5).as_secs_f64(),
             head_s: (t3 - t2).as_secs_f64(),
             comm_s: (t5 - t4).as_secs_f64(),
         };
@@ -595,6 +639,7 @@ where
 
         losses.push(ho.loss);
         window_loss += ho.loss;
+        window_data += st.data_s;
         window_steps += 1;
         let done = step + 1;
         bar.inc(1);
@@ -609,6 +654,7 @@ where
                 lr,
                 loss: window_loss / window_steps as f64,
                 images_per_sec: (window_steps as usize * entry.global_batch()) as f64 / secs,
+                data_wait_s: window_data / window_steps.max(1) as f64,
                 acc1: ho.accuracy.map(|a| a.top1),
                 acc5: ho.accuracy.map(|a| a.top5),
                 loss_scale: if mixed { scaler.scale() } else { 1.0 },
@@ -623,6 +669,7 @@ where
                     lr = format!("{:.5}", rec.lr),
                     loss = format!("{:.4}", rec.loss),
                     images_per_sec = format!("{:.1}", rec.images_per_sec),
+                    data_wait_ms = format!("{:.1}", rec.data_wait_s * 1e3),
                     acc1 = rec.acc1.map(|a| format!("{a:.4}")).unwrap_or_default(),
                     acc5 = rec.acc5.map(|a| format!("{a:.4}")).unwrap_or_default(),
                     loss_scale = rec.loss_scale,
@@ -636,6 +683,7 @@ where
             logs.push(rec);
             window_start = Instant::now();
             window_loss = 0.0;
+            window_data = 0.0;
             window_steps = 0;
         }
 
@@ -707,8 +755,8 @@ where
         steps: step_times,
         ranks: vec![RankResult {
             model,
-            head_weight: head.weight().to_vec(),
-            head_velocity: head.velocity().to_vec(),
+            head_weight: head.weight_host(),
+            head_velocity: head.velocity_host(),
         }],
     })
 }
@@ -771,7 +819,7 @@ fn save_checkpoint<B, M>(
     entry: &Entry,
     comm: &dyn Communicator,
     (root, spec): (&std::path::Path, &plsc_ckpt::ModelSpec),
-    head: &ShardedHead<f32>,
+    head: &RankHead<B::InnerBackend>,
     model: &M,
     optim: &SgdMomentumOptimizer<M, B>,
     scaler: Option<&LossScaler>,
@@ -842,7 +890,7 @@ where
         root,
         &meta,
         backbone,
-        plsc_ckpt::HeadShardRef::from_head(head),
+        head.rows().as_ref(),
         plsc_ckpt::SaveOptions {
             keep_last: entry.keep_last,
         },

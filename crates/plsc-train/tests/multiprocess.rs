@@ -60,7 +60,7 @@ fn child(out: &Path) {
     let device = Default::default();
     let model = LinearNet::<B>::new(PIXELS, DIM, 7, &device);
     let rank = rc.env.rank;
-    let outcome = train_rank::<B, _>(
+    let outcome = train_rank::<B, _, _>(
         &e,
         rc.comm.as_ref(),
         model,

@@ -8,6 +8,8 @@ mod ckpt;
 mod comm;
 mod data;
 mod eval;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod gpu_memory;
 mod head;
 mod serve;
 mod train;

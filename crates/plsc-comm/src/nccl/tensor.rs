@@ -256,6 +256,10 @@ impl NcclComm {
 }
 
 impl TensorComm<Cuda> for NcclComm {
+    fn communicator(&self) -> &dyn Communicator {
+        self
+    }
+
     fn all_gather_rows(&self, x: Tensor<Cuda, 2>) -> Result<Tensor<Cuda, 2>, CommError> {
         self.gather_rows(x, true).map(|(t, _)| t)
     }
