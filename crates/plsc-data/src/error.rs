@@ -61,6 +61,9 @@ pub enum LineError {
     /// The decoded bytes are not an image in a supported format (JPEG, PNG, PNM).
     #[error("bytes are not a decodable image: {0}")]
     NotAnImage(String),
+    /// The file a list line names cannot be read: missing, a folder, not readable.
+    #[error("{0}")]
+    UnreadableFile(String),
     /// The line is empty (only whitespace or a line ending).
     #[error("empty line")]
     Empty,

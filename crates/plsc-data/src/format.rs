@@ -192,10 +192,17 @@ pub fn read_file_list(path: &Path) -> Result<Vec<PathBuf>> {
         }
         let part = dir.join(name);
         if !part.is_file() {
+            let what = if part.is_dir() {
+                "is a folder, not a part file"
+            } else if part.exists() {
+                "is not a regular file"
+            } else {
+                "does not exist"
+            };
             return Err(DataError::FileList {
                 path: path.to_path_buf(),
                 line: line_no,
-                reason: format!("part file {} does not exist", part.display()),
+                reason: format!("part file {} {what}", part.display()),
             });
         }
         parts.push(part);
@@ -253,6 +260,13 @@ pub fn resolve_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         return Err(DataError::Config("no input given".into()));
     }
     Ok(parts)
+}
+
+/// The error for a part file without a single sample line (empty, or only empty lines).
+pub fn empty_part(path: &Path) -> DataError {
+    DataError::Empty {
+        what: format!("part file {}", path.display()),
+    }
 }
 
 /// Policy for bad lines or records: fail on the first (default) or skip, count and report.

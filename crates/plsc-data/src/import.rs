@@ -153,8 +153,16 @@ pub fn import_list(list: &Path, classes: Option<u64>, opts: &WriteOptions) -> Re
             let (line, path, label) = &items[i];
             let at = |error| DataError::line(list, *line, error);
             let label = label.clone().map_err(at)?;
-            let bytes = std::fs::read(path)
-                .map_err(|e| at(LineError::NotAnImage(format!("{}: {e}", path.display()))))?;
+            let bytes = std::fs::read(path).map_err(|e| {
+                let reason = if path.is_dir() {
+                    format!("{} is a folder, not an image file", path.display())
+                } else if e.kind() == std::io::ErrorKind::NotFound {
+                    format!("image file {} is missing", path.display())
+                } else {
+                    format!("image file {}: {e}", path.display())
+                };
+                at(LineError::UnreadableFile(reason))
+            })?;
             check_image(&bytes, ImageCheck::Header).map_err(at)?;
             Ok((bytes, label))
         },

@@ -146,6 +146,20 @@ impl LineIndex {
         Ok((index, bad.report()))
     }
 
+    /// The first file that holds no indexed line (empty, only empty lines, or every line
+    /// skipped as bad), if any.
+    pub fn first_file_without_lines(&self) -> Option<&Path> {
+        self.files
+            .iter()
+            .zip(&self.bases)
+            .find(|(f, base)| {
+                let end = **base + f.bytes().len() as u64;
+                let k = self.starts.partition_point(|s| s < base);
+                !self.starts.get(k).is_some_and(|s| *s < end)
+            })
+            .map(|(f, _)| f.path.as_path())
+    }
+
     /// Number of non-empty lines.
     pub fn len(&self) -> usize {
         self.starts.len()

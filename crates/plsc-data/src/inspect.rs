@@ -51,7 +51,8 @@ pub struct InspectReport {
 }
 
 /// Reads every line of the data named by `input` (folder, `file_list.txt` or part files),
-/// checking base64, label (against `classes` when given) and the image header.
+/// checking base64, label (against `classes` when given) and the image header. A part file
+/// without any sample line is an error naming it.
 pub fn inspect(inputs: &[PathBuf], classes: Option<u64>) -> Result<InspectReport> {
     let parts = resolve_inputs(inputs)?;
     struct Acc {
@@ -89,6 +90,9 @@ pub fn inspect(inputs: &[PathBuf], classes: Option<u64>) -> Result<InspectReport
                     }
                     Err(e) => acc.bad.handle(DataError::line(p, line_no, e))?,
                 }
+            }
+            if acc.lines == 0 && acc.bad.report().skipped == 0 {
+                return Err(crate::format::empty_part(p));
             }
             Ok(acc)
         })

@@ -14,6 +14,9 @@ pub struct StagedOutput {
     target: PathBuf,
     staging: PathBuf,
     committed: bool,
+    /// Folders above the target that `begin` created, deepest first: removed (when empty)
+    /// if the output is not committed, so a failed command leaves nothing it created.
+    created: Vec<PathBuf>,
 }
 
 fn out_err(path: &Path, reason: impl Into<String>) -> DataError {
@@ -36,7 +39,13 @@ impl StagedOutput {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
+        let created = create_missing(&parent)?;
+        let mut this = Self {
+            target: target.to_path_buf(),
+            staging: PathBuf::new(),
+            committed: false,
+            created,
+        };
         if target.exists() {
             if !target.is_dir() {
                 return Err(out_err(target, "exists and is not a folder"));
@@ -69,11 +78,8 @@ impl StagedOutput {
             fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
         }
         fs::create_dir(&staging).map_err(|e| DataError::io(&staging, e))?;
-        Ok(Self {
-            target: target.to_path_buf(),
-            staging,
-            committed: false,
-        })
+        this.staging = staging;
+        Ok(this)
     }
 
     /// The staging folder files are written into.
@@ -107,9 +113,32 @@ impl StagedOutput {
 impl Drop for StagedOutput {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_dir_all(&self.staging);
+            if !self.staging.as_os_str().is_empty() {
+                let _ = fs::remove_dir_all(&self.staging);
+            }
+            for dir in &self.created {
+                // Only if still empty: never removes anything that is not ours.
+                let _ = fs::remove_dir(dir);
+            }
         }
     }
+}
+
+/// Creates `dir` and its missing ancestors; returns those it created, deepest first.
+fn create_missing(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    if let Err(e) = fs::create_dir_all(dir) {
+        for d in &missing {
+            let _ = fs::remove_dir(d);
+        }
+        return Err(DataError::io(dir, e));
+    }
+    Ok(missing)
 }
 
 /// An existing output may be replaced only if it is empty or holds exactly a file list, the

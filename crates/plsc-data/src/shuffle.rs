@@ -92,7 +92,8 @@ pub struct ShuffleSplitSummary {
 }
 
 /// Shuffles every line of `inputs` (folders, `file_list.txt` files or part files) with `seed`
-/// and writes `opts.parts` equal parts plus a `file_list.txt` to `output`.
+/// and writes `opts.parts` equal parts plus a `file_list.txt` to `output`. A part file without
+/// a sample line is an error naming it; a failed run leaves nothing it created.
 pub fn shuffle_split(
     inputs: &[PathBuf],
     output: &Path,
@@ -105,6 +106,9 @@ pub fn shuffle_split(
     let staged = StagedOutput::begin(output, &protect)?;
     tracing::info!("indexing {} input file(s)", parts.len());
     let (mut index, bad) = LineIndex::build_checked(&parts, opts.check.as_ref())?;
+    if let Some(empty) = index.first_file_without_lines() {
+        return Err(crate::format::empty_part(empty));
+    }
     let index_seconds = t0.elapsed().as_secs_f64();
     let mut summary = shuffle_split_index(&mut index, &staged, opts)?;
     summary.bad = bad;

@@ -130,11 +130,20 @@ fn import_list_bad_lines_name_the_list_line() {
     std::fs::write(&img, common::pgm(3, 3, |_, _| 9)).unwrap();
     std::fs::write(dir.path().join("junk.jpg"), b"not a jpeg").unwrap();
     type Check = fn(&LineError) -> bool;
-    let cases: [(&str, Check); 4] = [
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let cases: [(&str, Check); 5] = [
         ("a.pgm x", |e| matches!(e, LineError::LabelNotInteger(_))),
         ("a.pgm -1", |e| matches!(e, LineError::NegativeLabel(-1))),
         ("junk.jpg 1", |e| matches!(e, LineError::NotAnImage(_))),
-        ("missing.png 1", |e| matches!(e, LineError::NotAnImage(_))),
+        // A missing file or a folder is named as what it is, not as undecodable bytes.
+        (
+            "missing.png 1",
+            |e| matches!(e, LineError::UnreadableFile(m) if m.ends_with("missing.png is missing")),
+        ),
+        (
+            "sub 1",
+            |e| matches!(e, LineError::UnreadableFile(m) if m.ends_with("sub is a folder, not an image file")),
+        ),
     ];
     for (bad, check) in cases {
         let list = dir.path().join("label.txt");
