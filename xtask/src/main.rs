@@ -8,6 +8,7 @@ mod bench;
 mod data;
 mod eval;
 mod head_check;
+mod import;
 mod import_idx;
 mod launch;
 mod machine;
@@ -61,8 +62,13 @@ enum Command {
     LaunchProbe(launch::ProbeArgs),
     /// Reshard a checkpoint to another rank count (head rows bit for bit, streamed from mmaps).
     Reshard(reshard::ReshardArgs),
-    /// Export a checkpoint's backbone for inference: backbone.safetensors + model.json.
+    /// Export a checkpoint's backbone for inference: backbone.safetensors + model.json
+    /// (--out), and/or an ONNX model (--onnx, opset 17) of a checkpoint or a model directory.
     Export(reshard::ExportArgs),
+    /// Import a model trained elsewhere (arcface_torch's backbone.pth) as a model directory
+    /// for `serve` and `eval --model`.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
     /// Serve an exported model over HTTP/JSON with dynamic batching: POST /v1/encode, PLSC's
     /// POST /FaceClassifyService/inference, GET /healthz, /v1/model, /metrics. Stops on
     /// SIGINT/SIGTERM after answering the requests in flight. Face models expect aligned
@@ -99,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Command::LaunchProbe(args) => launch::probe(args),
         Command::Reshard(args) => reshard::run_reshard(args),
         Command::Export(args) => reshard::run_export(args),
+        Command::Import(cmd) => import::run(cmd),
         Command::Serve(args) => serve::run_serve(args),
         Command::Encode(args) => serve::run_encode(args),
         Command::Train(args) => train::run(*args),

@@ -5,6 +5,8 @@
 //!   from memory-mapped files), written atomically as `DIR2/step-<n>/`.
 //! - `export --ckpt DIR --out MODEL_DIR`: the backbone's weights and buffers plus `model.json`,
 //!   what plsc-serve and `xtask eval` load.
+//! - `export --ckpt DIR | --model MODEL_DIR --onnx FILE.onnx`: the backbone as an ONNX model
+//!   (`plsc_ckpt::export_onnx`).
 //!
 //! `--ckpt` is a checkpoint directory (`step-<n>/`, holding `manifest.json`) or a run's
 //! checkpoint root, of which the newest valid checkpoint is used.
@@ -51,19 +53,73 @@ pub fn run_reshard(args: ReshardArgs) -> Result<()> {
 
 /// Arguments of `cargo xtask export`.
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["ckpt", "model"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["out", "onnx"])))]
 pub struct ExportArgs {
     /// Checkpoint directory (step-<n>/ with manifest.json), or a root holding several (the
     /// newest valid one is used).
     #[arg(long, value_name = "DIR")]
-    ckpt: PathBuf,
+    ckpt: Option<PathBuf>,
+    /// A model directory (model.json + backbone.safetensors, from `export --out` or
+    /// `import`) to convert to ONNX (with --onnx).
+    #[arg(
+        long,
+        value_name = "MODEL_DIR",
+        conflicts_with = "out",
+        requires = "onnx"
+    )]
+    model: Option<PathBuf>,
     /// Output model directory: backbone.safetensors (weights and buffers) and model.json
     /// (architecture, embedding size, input size and channels, normalisation).
     #[arg(long, value_name = "MODEL_DIR")]
+    out: Option<PathBuf>,
+    /// Also (or only) write an ONNX model for ONNX Runtime, TensorRT or Triton: opset 17,
+    /// input `input` [batch, C, S, S] float32 already normalised ((pixel - mean) / std, RGB),
+    /// output `embedding` [batch, D]; mean, std and the rest in its metadata properties
+    /// (plsc.mean, plsc.std, ...). An existing file is not replaced.
+    #[arg(long, value_name = "FILE.onnx")]
+    onnx: Option<PathBuf>,
+}
+
+/// `export --ckpt DIR --out MODEL_DIR`.
+struct ExportDirArgs {
+    ckpt: PathBuf,
     out: PathBuf,
 }
 
 /// Runs `cargo xtask export`.
 pub fn run_export(args: ExportArgs) -> Result<()> {
+    if let Some(onnx) = &args.onnx {
+        let src = args
+            .model
+            .as_ref()
+            .or(args.ckpt.as_ref())
+            .context("give --ckpt or --model")?;
+        let e = plsc_ckpt::export_onnx(src, onnx)
+            .with_context(|| format!("exporting {} to ONNX", src.display()))?;
+        println!(
+            "wrote ONNX {} ({} bytes, opset {}): {} (embedding {}, input [batch, {}, {}, {}] \
+             = (pixel - {:?}) / {:?} RGB, {})",
+            e.path.display(),
+            e.bytes,
+            plsc_models::onnx::OPSET,
+            e.spec.architecture,
+            e.spec.embedding_size,
+            e.spec.in_channels,
+            e.spec.input_size,
+            e.spec.input_size,
+            e.spec.mean,
+            e.spec.std,
+            e.preprocessing_source.name()
+        );
+    }
+    let (Some(ckpt), Some(out)) = (&args.ckpt, &args.out) else {
+        return Ok(());
+    };
+    let args = ExportDirArgs {
+        ckpt: ckpt.clone(),
+        out: out.clone(),
+    };
     let src = Checkpoint::open_dir_or_latest(&args.ckpt)
         .with_context(|| format!("opening the checkpoint {}", args.ckpt.display()))?;
     let report = plsc_ckpt::export(&src, &args.out)

@@ -83,6 +83,16 @@ pub enum CkptError {
         dir: PathBuf,
         detail: String,
     },
+    /// A state file given to import does not fit the architecture asked for; `hint` says
+    /// which `--arch` (and embedding size) its layout points to.
+    #[error("{error}; {hint}")]
+    ImportMismatch {
+        error: plsc_models::ModelError,
+        hint: String,
+    },
+    /// Building a backbone or reading a state file failed (the message names the file).
+    #[error(transparent)]
+    Model(#[from] plsc_models::ModelError),
     /// The class split or a head operation failed.
     #[error(transparent)]
     Head(#[from] HeadError),

@@ -24,6 +24,52 @@ pub const EXPORT_FORMAT: &str = "plsc-model";
 /// Version of `model.json` this crate writes and reads.
 pub const EXPORT_VERSION: u32 = 1;
 
+/// The channel order a network takes its colour input in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue: what plsc-rs decodes, and what arcface_torch and PLSC train on.
+    #[default]
+    Rgb,
+}
+
+/// Where a model's input preprocessing (`mean`, `std`, channel order) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PreprocessingSource {
+    /// Trained by plsc-rs: its training pipeline's normalisation (the default
+    /// `(x - 127.5) / 128`, or the run's own).
+    #[default]
+    #[serde(rename = "plsc-rs")]
+    PlscRs,
+    /// InsightFace's arcface_torch: RGB, `(x / 255 - 0.5) / 0.5`, i.e. `(x - 127.5) / 127.5`.
+    #[serde(rename = "arcface_torch")]
+    ArcfaceTorch,
+    /// PaddlePaddle PLSC: RGB, `(x - 127.5) / 128`.
+    #[serde(rename = "plsc")]
+    Plsc,
+}
+
+impl PreprocessingSource {
+    /// The `(mean, std)` of 0..255 pixel values this source trains with (the same for every
+    /// channel); `None` for plsc-rs, whose runs record their own.
+    pub fn mean_std(self) -> Option<(f32, f32)> {
+        match self {
+            Self::PlscRs => None,
+            Self::ArcfaceTorch => Some((127.5, 127.5)),
+            Self::Plsc => Some((127.5, 128.0)),
+        }
+    }
+
+    /// The name written in `model.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PlscRs => "plsc-rs",
+            Self::ArcfaceTorch => "arcface_torch",
+            Self::Plsc => "plsc",
+        }
+    }
+}
+
 /// The content of `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelJson {
@@ -34,6 +80,13 @@ pub struct ModelJson {
     /// Architecture, embedding size, input size and channels, normalisation.
     #[serde(flatten)]
     pub spec: ModelSpec,
+    /// The channel order of the input (`rgb`; absent in older files, which were RGB).
+    #[serde(default)]
+    pub channel_order: ChannelOrder,
+    /// Where `mean`, `std` and the channel order come from (`plsc-rs`, `arcface_torch`,
+    /// `plsc`; absent in older files, which were plsc-rs's).
+    #[serde(default)]
+    pub preprocessing_source: PreprocessingSource,
     /// The weights file (`backbone.safetensors`).
     pub weights: String,
     /// Its size in bytes.
@@ -50,6 +103,10 @@ pub struct ModelJson {
 pub struct ExportedModel {
     /// Architecture and input.
     pub spec: ModelSpec,
+    /// The channel order of the input.
+    pub channel_order: ChannelOrder,
+    /// Where the preprocessing comes from.
+    pub preprocessing_source: PreprocessingSource,
     /// The step it was trained to.
     pub source_step: u64,
     /// Parameters, frozen parameters and buffers, in file order.
@@ -89,7 +146,8 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<ExportReport> {
         .filter(|t| t.kind != TensorKind::Momentum)
         .map(|t| (t.key.clone(), t.shape.clone(), t.kind))
         .collect();
-    let dir = write_export(out, spec, manifest.step(), &kept, |w, i| {
+    let source = PreprocessingSource::PlscRs;
+    let dir = write_export(out, spec, source, manifest.step(), &kept, |w, i| {
         w.write(src.f32_tensor_shaped(&kept[i].0, &kept[i].1)?)
     })?;
     let unverified = ckpt.unverified_files();
@@ -113,6 +171,18 @@ pub fn export_tensors(
     source_step: u64,
     out: &Path,
 ) -> Result<PathBuf> {
+    export_tensors_from(spec, PreprocessingSource::PlscRs, tensors, source_step, out)
+}
+
+/// [`export_tensors`] for a model whose preprocessing comes from `source` (an imported
+/// arcface_torch or PLSC model), recorded in `model.json`.
+pub fn export_tensors_from(
+    spec: ModelSpec,
+    source: PreprocessingSource,
+    tensors: &[NamedTensor],
+    source_step: u64,
+    out: &Path,
+) -> Result<PathBuf> {
     let kept: Vec<&NamedTensor> = tensors
         .iter()
         .filter(|t| t.kind != TensorKind::Momentum)
@@ -121,7 +191,7 @@ pub fn export_tensors(
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone(), t.kind))
         .collect();
-    write_export(out, spec, source_step, &layout, |w, i| {
+    write_export(out, spec, source, source_step, &layout, |w, i| {
         let bytes: Vec<u8> = kept[i]
             .values
             .iter()
@@ -141,6 +211,7 @@ type ExportTensor = (String, Vec<usize>, TensorKind);
 fn write_export(
     out: &Path,
     spec: ModelSpec,
+    preprocessing_source: PreprocessingSource,
     source_step: u64,
     layout: &[ExportTensor],
     mut write_tensor: impl FnMut(&mut StWriter, usize) -> Result<()>,
@@ -196,6 +267,8 @@ fn write_export(
         format: EXPORT_FORMAT.into(),
         format_version: EXPORT_VERSION,
         spec,
+        channel_order: ChannelOrder::Rgb,
+        preprocessing_source,
         weights: BACKBONE_FILE.into(),
         weights_bytes: digest.bytes,
         weights_sha256: digest.sha256,
@@ -286,6 +359,11 @@ pub fn load_exported(dir: &Path) -> Result<ExportedModel> {
         .unwrap_or_default();
     let mut tensors = Vec::new();
     for key in st.names() {
+        // PyTorch's BatchNorm counters (I64), in a state file put here by hand: the model
+        // never reads them.
+        if key.ends_with("num_batches_tracked") {
+            continue;
+        }
         let (shape, bytes) = st.f32_tensor(&key)?;
         let mut values = Vec::with_capacity(bytes.len() / 4);
         extend_f32_from_le(&mut values, bytes);
@@ -297,6 +375,8 @@ pub fn load_exported(dir: &Path) -> Result<ExportedModel> {
     }
     Ok(ExportedModel {
         spec: json.spec,
+        channel_order: json.channel_order,
+        preprocessing_source: json.preprocessing_source,
         source_step: json.source_step,
         tensors,
     })

@@ -19,7 +19,8 @@
 //! plsc-core's balanced split), [`Checkpoint::load_into_head`].
 //! Resuming: [`choose_resume`] (the newest checkpoint that verifies; damaged ones renamed to
 //! `step-<n>.damaged`, never deleted).
-//! Offline: [`reshard()`], [`export()`] / [`load_exported`].
+//! Offline: [`reshard()`], [`export()`] / [`load_exported`], [`import()`] (an arcface_torch
+//! `.pth` or safetensors file as an export directory), [`export_onnx`] (ONNX, opset 17).
 //!
 //! The backbone is handled as a list of named f32 tensors ([`NamedTensor`]), so this crate
 //! does not depend on the model crate: plsc-models' `Backbone::state_tensors()` maps onto it
@@ -27,9 +28,11 @@
 
 mod error;
 pub mod export;
+pub mod import;
 mod layout;
 mod load;
 pub mod manifest;
+pub mod onnx;
 mod reshard;
 pub mod resume;
 mod save;
@@ -37,7 +40,12 @@ mod st;
 mod tensor;
 
 pub use error::{CkptError, Result};
-pub use export::{ExportReport, ExportedModel, ModelJson, export, export_tensors, load_exported};
+pub use export::{
+    ChannelOrder, ExportReport, ExportedModel, ModelJson, PreprocessingSource, export,
+    export_tensors, export_tensors_from, load_exported,
+};
+pub use import::{ImportOptions, Imported, import};
+pub use onnx::{OnnxExport, export_onnx};
 pub use layout::{list_checkpoints, parse_step_dir, step_dir_name};
 pub use load::{BackboneState, Checkpoint, HeadRows, latest_valid, latest_valid_shared};
 pub use manifest::{

@@ -44,6 +44,30 @@ pub enum ModelError {
         #[source]
         source: safetensors::SafeTensorError,
     },
+    /// A PyTorch file could not be read.
+    #[error("{file}: PyTorch file: {detail}")]
+    PyTorch {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The ONNX model could not be built or serialised.
+    #[error("ONNX export: {detail}")]
+    Onnx {
+        /// What went wrong.
+        detail: String,
+    },
+    /// A PyTorch file was given where safetensors was expected.
+    #[error(
+        "{file} is a PyTorch file (torch.save), not safetensors: make a model directory from it \
+         with `cargo xtask import arcface-torch --pth {file} --arch <name> --out <dir>`, or load \
+         it with `Backbone::load_arcface_torch`"
+    )]
+    NotSafetensors {
+        /// The file.
+        file: String,
+    },
     /// A tensor of the model is not in the file.
     #[error("{file}: missing tensor `{key}` (shape {expected:?})")]
     MissingKey {

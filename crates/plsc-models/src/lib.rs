@@ -23,10 +23,16 @@ mod layers;
 pub mod mobilefacenet;
 pub mod norm;
 pub mod ops;
+pub mod onnx;
 pub mod optim;
+pub mod pytorch;
 pub mod registry;
 pub mod state;
 
 pub use error::{ModelError, Result};
-pub use registry::{Architecture, Backbone, BackboneConfig, MODEL_NAMES, Network};
+pub use pytorch::StateFormat;
+pub use registry::{
+    ARCFACE_TORCH_ALIASES, Architecture, Backbone, BackboneConfig, MODEL_NAMES, Network,
+    Suggestion, resolve_name, suggest_architecture,
+};
 pub use state::{EntryKind, NamedTensor, StateEntry};

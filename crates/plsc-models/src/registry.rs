@@ -1,5 +1,6 @@
 //! Backbones by name: `iresnet18`, `iresnet34`, `iresnet50`, `iresnet100`, `mbf`,
-//! `iresnet_tiny`.
+//! `iresnet_tiny`, `iresnet_nano` (arcface_torch's `r18`, `r34`, `r50`, `r100` are aliases,
+//! see [`resolve_name`]).
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::error::{ModelError, Result};
 use crate::iresnet::{IResNet, IResNetConfig};
 use crate::mobilefacenet::{MobileFaceNet, MobileFaceNetConfig};
+use crate::pytorch::StateFormat;
 use crate::state::{
     EntryKind, NamedTensor, StateEntry, StateReader, StateWriter, TorchState, read_file,
     to_safetensors_bytes, write_atomically,
@@ -23,7 +25,93 @@ pub const MODEL_NAMES: &[&str] = &[
     "iresnet100",
     "mbf",
     "iresnet_tiny",
+    "iresnet_nano",
 ];
+
+/// arcface_torch's backbone names (`get_model(name)` in `backbones/__init__.py`) and the
+/// registry names of the same networks.
+pub const ARCFACE_TORCH_ALIASES: &[(&str, &str)] = &[
+    ("r18", "iresnet18"),
+    ("r34", "iresnet34"),
+    ("r50", "iresnet50"),
+    ("r100", "iresnet100"),
+    ("mbf", "mbf"),
+];
+
+/// The registry name of `name`: a registered name, or an arcface_torch alias
+/// ([`ARCFACE_TORCH_ALIASES`]).
+pub fn resolve_name(name: &str) -> Result<&'static str> {
+    if let Some(n) = MODEL_NAMES.iter().find(|n| **n == name) {
+        return Ok(n);
+    }
+    if let Some((_, n)) = ARCFACE_TORCH_ALIASES.iter().find(|(a, _)| *a == name) {
+        return Ok(n);
+    }
+    let aliases: Vec<&str> = ARCFACE_TORCH_ALIASES.iter().map(|(a, _)| *a).collect();
+    Err(ModelError::UnknownModel {
+        name: name.to_string(),
+        known: format!(
+            "{} (arcface_torch aliases: {})",
+            MODEL_NAMES.join(", "),
+            aliases.join(", ")
+        ),
+    })
+}
+
+/// The architecture a state file's tensor names and shapes point to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suggestion {
+    /// Registry name.
+    pub name: &'static str,
+    /// Embedding size (from the last Linear layer).
+    pub embedding_size: usize,
+}
+
+/// The registered architecture whose layout matches the names and shapes of a state file:
+/// blocks per stage and widths of an IResNet, `conv_sep` of MobileFaceNet; `None` when
+/// nothing registered fits. Used to say which `--arch` a file that does not fit is likely to be.
+pub fn suggest_architecture(tensors: &[(String, Vec<usize>)]) -> Option<Suggestion> {
+    let shape = |name: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    };
+    if tensors.iter().any(|(n, _)| n.starts_with("conv_sep.")) {
+        let embedding_size = *shape("features.layers.2.weight")?.first()?;
+        return Some(Suggestion {
+            name: "mbf",
+            embedding_size,
+        });
+    }
+    let stem_width = *shape("conv1.weight")?.first()?;
+    let mut layers = [0usize; 4];
+    let mut widths = [0usize; 4];
+    for stage in 0..4 {
+        let prefix = format!("layer{}.", stage + 1);
+        layers[stage] = tensors
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix(&prefix)?.split('.').next()?.parse().ok())
+            .map(|i: usize| i + 1)
+            .max()?;
+        widths[stage] = *shape(&format!("layer{}.0.conv1.weight", stage + 1))?.first()?;
+    }
+    let embedding_size = *shape("fc.weight")?.first()?;
+    MODEL_NAMES.iter().find_map(|name| {
+        let config = BackboneConfig::new(name.to_string()).with_embedding_size(embedding_size);
+        match config.architecture().ok()? {
+            Architecture::IResNet(c)
+                if c.layers == layers && c.widths == widths && c.stem_width == stem_width =>
+            {
+                Some(Suggestion {
+                    name,
+                    embedding_size,
+                })
+            }
+            _ => None,
+        }
+    })
+}
 
 /// The architecture behind a registered name.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,18 +157,25 @@ impl BackboneConfig {
             "iresnet34" => Architecture::IResNet(iresnet([3, 4, 6, 3])),
             "iresnet50" => Architecture::IResNet(iresnet([3, 4, 14, 3])),
             "iresnet100" => Architecture::IResNet(iresnet([3, 13, 30, 3])),
-            "iresnet_tiny" => {
+            "iresnet_tiny" | "iresnet_nano" => {
                 if !(28..=112).contains(&self.input_size) {
                     return Err(ModelError::InvalidConfig(format!(
-                        "iresnet_tiny takes 28 to 112 pixels, got input_size {}",
-                        self.input_size
+                        "{} takes 28 to 112 pixels, got input_size {}",
+                        self.name, self.input_size
                     )));
                 }
-                Architecture::IResNet(
+                Architecture::IResNet(if self.name == "iresnet_tiny" {
                     iresnet([1, 1, 1, 1])
                         .with_widths([16, 32, 64, 128])
-                        .with_stem_width(16),
-                )
+                        .with_stem_width(16)
+                } else {
+                    // IResNet-18's blocks at 1/16 of its widths: small enough for committed
+                    // test fixtures (tests/fixtures/arcface_torch), identity and downsample
+                    // shortcuts both present.
+                    iresnet([2, 2, 2, 2])
+                        .with_widths([4, 8, 16, 32])
+                        .with_stem_width(4)
+                })
             }
             "mbf" => {
                 if self.dropout != 0.0 {
@@ -307,12 +402,21 @@ impl<B: Backend> Backbone<B> {
         self.load_safetensors_bytes(&bytes, &path.display().to_string())
     }
 
-    /// Loads an arcface_torch `backbone.pth` converted to safetensors with
-    /// `from safetensors.torch import save_file; save_file(torch.load('backbone.pth', map_location='cpu'), 'backbone.safetensors')`.
-    /// `self` must be the same architecture (e.g. `BackboneConfig::new("iresnet50".into())`).
+    /// Loads an arcface_torch backbone: its `backbone.pth` as `torch.save` wrote it (read with
+    /// [`crate::pytorch::read_pytorch`]), or that file converted to safetensors with
+    /// `from safetensors.torch import save_file; save_file(torch.load('backbone.pth', map_location='cpu'), 'backbone.safetensors')`;
+    /// the format is told by the first bytes. `self` must be the same architecture (e.g.
+    /// `BackboneConfig::new("iresnet50".into())`); `num_batches_tracked` is ignored.
     pub fn load_arcface_torch(self, path: &Path) -> Result<Self> {
-        let loaded = self.load_safetensors(path)?;
-        tracing::info!(path = %path.display(), "loaded arcface_torch backbone");
+        let format = StateFormat::of_file(path)?;
+        let loaded = match format {
+            StateFormat::PyTorch => {
+                let tensors = crate::pytorch::read_pytorch(path)?;
+                self.load_tensors(&tensors, &path.display().to_string())?
+            }
+            StateFormat::Safetensors => self.load_safetensors(path)?,
+        };
+        tracing::info!(path = %path.display(), format = format.name(), "loaded arcface_torch backbone");
         Ok(loaded)
     }
 }

@@ -9,7 +9,8 @@
 //! from safetensors.torch import save_file; save_file(torch.load('backbone.pth', map_location='cpu'), 'backbone.safetensors')
 //! ```
 //!
-//! loads with [`crate::Backbone::load_arcface_torch`]. BatchNorm's `num_batches_tracked`
+//! loads with [`crate::Backbone::load_arcface_torch`], which also reads the `.pth` itself
+//! (see [`crate::pytorch`]). BatchNorm's `num_batches_tracked`
 //! counters (PyTorch writes them, momentum-based BatchNorm never reads them) are accepted and
 //! ignored when loading and not written when saving; PyTorch's `load_state_dict` fills them in.
 //! Files are written as f32; f32, f64, f16 and bf16 files load.
@@ -170,16 +171,24 @@ pub struct StateReader<'a> {
 }
 
 /// Keys that PyTorch writes and that this crate ignores on load.
-fn ignored_key(name: &str) -> bool {
+pub(crate) fn ignored_key(name: &str) -> bool {
     name.ends_with(".num_batches_tracked") || name == "num_batches_tracked"
 }
 
 impl<'a> StateReader<'a> {
     /// Parses safetensors `bytes`; `file` names them in errors.
     pub fn new(file: &str, bytes: &'a [u8]) -> Result<Self> {
-        let st = SafeTensors::deserialize(bytes).map_err(|source| ModelError::Safetensors {
-            file: file.to_string(),
-            source,
+        let st = SafeTensors::deserialize(bytes).map_err(|source| {
+            if crate::pytorch::StateFormat::sniff(bytes) == crate::pytorch::StateFormat::PyTorch {
+                ModelError::NotSafetensors {
+                    file: file.to_string(),
+                }
+            } else {
+                ModelError::Safetensors {
+                    file: file.to_string(),
+                    source,
+                }
+            }
         })?;
         let tensors = st
             .tensors()
@@ -326,6 +335,36 @@ impl<'a> StateReader<'a> {
             keys,
         })
     }
+}
+
+/// Reads every tensor of safetensors `bytes` as f32, in name order, `num_batches_tracked` left
+/// out (whatever its dtype); `file` names them in errors. The roles are not known from the
+/// file: all are [`EntryKind::Param`] until a model reads them.
+pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<NamedTensor>> {
+    let reader = StateReader::new(file, bytes)?;
+    let mut names: Vec<&String> = reader.tensors.keys().filter(|k| !ignored_key(k)).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let Source::View(view) = &reader.tensors[name] else {
+                unreachable!("StateReader::new holds views")
+            };
+            let values = decode(view).ok_or_else(|| ModelError::UnsupportedDtype {
+                file: file.to_string(),
+                key: name.clone(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
+            Ok(NamedTensor {
+                entry: StateEntry {
+                    name: name.clone(),
+                    shape: view.shape().to_vec(),
+                    kind: EntryKind::Param,
+                },
+                values,
+            })
+        })
+        .collect()
 }
 
 /// The values of a safetensors tensor as f32, or `None` for a non-float dtype.
