@@ -27,19 +27,26 @@ pub enum CkptError {
     /// A file listed in the manifest (or a required file) does not exist.
     #[error("{}: missing (listed in {})", path.display(), listed_in.display())]
     MissingFile { path: PathBuf, listed_in: PathBuf },
-    /// A file's size differs from the one recorded in the manifest.
-    #[error("{}: {found} bytes, the manifest records {expected}", path.display())]
+    /// A file's size differs from the one recorded for it (in a checkpoint's `manifest.json`
+    /// or an export's `model.json`: `recorded_in`).
+    #[error("{}: {found} bytes, {} records {expected}", path.display(), recorded_in.display())]
     SizeMismatch {
         path: PathBuf,
         expected: u64,
         found: u64,
+        recorded_in: PathBuf,
     },
-    /// A file's sha256 differs from the one recorded in the manifest (a flipped byte).
-    #[error("{}: sha256 {found}, the manifest records {expected} (the file is corrupt)", path.display())]
+    /// A file's sha256 differs from the one recorded for it in `recorded_in` (a flipped byte).
+    #[error(
+        "{}: sha256 {found}, {} records {expected} (the file is corrupt)",
+        path.display(),
+        recorded_in.display()
+    )]
     ChecksumMismatch {
         path: PathBuf,
         expected: String,
         found: String,
+        recorded_in: PathBuf,
     },
     /// A tensor the manifest or the format requires is not in the file.
     #[error("{}: tensor `{tensor}` is missing", path.display())]

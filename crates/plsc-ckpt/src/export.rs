@@ -342,6 +342,7 @@ pub fn load_exported(dir: &Path) -> Result<ExportedModel> {
             path: weights,
             expected: json.weights_bytes,
             found: digest.bytes,
+            recorded_in: json_path,
         });
     }
     if digest.sha256 != json.weights_sha256 {
@@ -349,6 +350,7 @@ pub fn load_exported(dir: &Path) -> Result<ExportedModel> {
             path: weights,
             expected: json.weights_sha256,
             found: digest.sha256,
+            recorded_in: json_path,
         });
     }
     let st = MappedSt::open(&weights)?;

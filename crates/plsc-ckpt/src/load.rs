@@ -126,6 +126,7 @@ impl Checkpoint {
                     path,
                     expected: entry.bytes,
                     found: meta.len(),
+                    recorded_in: manifest_path,
                 });
             }
         }
@@ -246,6 +247,7 @@ impl Checkpoint {
                 path,
                 expected: entry.bytes,
                 found: d.bytes,
+                recorded_in: self.dir.join(MANIFEST_FILE),
             });
         }
         if d.sha256 != entry.sha256 {
@@ -253,6 +255,7 @@ impl Checkpoint {
                 path,
                 expected: entry.sha256.clone(),
                 found: d.sha256,
+                recorded_in: self.dir.join(MANIFEST_FILE),
             });
         }
         self.verified

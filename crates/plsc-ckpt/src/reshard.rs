@@ -91,6 +91,7 @@ fn write_shards(src: &Checkpoint, tmp: &Path, pending: &mut PendingCheckpoint) -
                 path: to,
                 expected: recorded.sha256.clone(),
                 found: digest.sha256,
+                recorded_in: src.dir().join(crate::manifest::MANIFEST_FILE),
             });
         }
         pending.add_file(b.file.clone(), digest);

@@ -57,6 +57,7 @@ fn a_flipped_byte_is_a_checksum_error_naming_the_file() {
             path,
             expected,
             found,
+            recorded_in,
         }) => {
             assert!(
                 path.ends_with("head.rank2.safetensors"),
@@ -64,6 +65,7 @@ fn a_flipped_byte_is_a_checksum_error_naming_the_file() {
                 path.display()
             );
             assert_ne!(expected, found);
+            assert_eq!(recorded_in, dir.join("manifest.json"));
         }
         other => panic!("expected a checksum error, got {other:?}"),
     }
@@ -114,8 +116,9 @@ fn a_truncated_file_is_a_size_error() {
     std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
     assert!(matches!(
         Checkpoint::open(&dir),
-        Err(CkptError::SizeMismatch { ref path, expected, found })
+        Err(CkptError::SizeMismatch { ref path, expected, found, ref recorded_in })
             if path.ends_with("head.rank0.safetensors") && expected == found + 4
+                && recorded_in.ends_with("manifest.json")
     ));
 }
 
@@ -284,7 +287,8 @@ fn export_keeps_weights_and_buffers_and_checks_its_files() {
     flip_byte(&out.join("backbone.safetensors"), 0.8);
     assert!(matches!(
         load_exported(&out),
-        Err(CkptError::ChecksumMismatch { ref path, .. }) if path.ends_with("backbone.safetensors")
+        Err(CkptError::ChecksumMismatch { ref path, ref recorded_in, .. })
+            if path.ends_with("backbone.safetensors") && recorded_in == &out.join("model.json")
     ));
     // A head-only checkpoint has nothing to export.
     let heads = random_heads(&config, 1, 1);

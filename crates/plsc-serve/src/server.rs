@@ -377,7 +377,17 @@ pub fn serve_blocking(
     })
 }
 
-/// The routes.
+/// Every route with its one method, as the 404 and 405 answers list them.
+const ROUTES: [(&str, &str); 5] = [
+    ("POST", "/v1/encode"),
+    ("POST", "/FaceClassifyService/inference"),
+    ("GET", "/healthz"),
+    ("GET", "/v1/model"),
+    ("GET", "/metrics"),
+];
+
+/// The routes. Every error is JSON: an unknown path answers 404, a known path with another
+/// method 405 (with `Allow`), both with the routes listed.
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/encode", post(encode))
@@ -386,7 +396,17 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/model", get(model_info))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// `POST /v1/encode, POST /FaceClassifyService/inference, ...`.
+fn route_list() -> String {
+    ROUTES
+        .iter()
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs `inner` under the request timeout and records the answer in the metrics.
@@ -499,14 +519,41 @@ async fn not_found(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> 
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!(
-                "no route {}; routes: POST /v1/encode, POST /FaceClassifyService/inference, \
-                 GET /healthz, GET /v1/model, GET /metrics",
-                uri.path()
-            ),
+            format!("no route {}; routes: {}", uri.path(), route_list()),
         ))
     })
     .await
+}
+
+/// A known route asked with a method it does not take: 405 in JSON, with `Allow`.
+async fn method_not_allowed(
+    State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let path = uri.path().to_string();
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, p)| *p == path)
+        .map(|(m, _)| *m)
+        .collect();
+    let allow = allowed.join(", ");
+    let message = format!(
+        "{method} {path}: this route takes {allow}; routes: {}",
+        route_list()
+    );
+    let mut response = answer(&state, "other", async move {
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        ))
+    })
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    response
 }
 
 /// Reads the body up to `limit` bytes. A larger body is read on (and dropped) up to 4 times

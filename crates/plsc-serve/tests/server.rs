@@ -617,7 +617,52 @@ fn a_model_directory_with_a_bad_checksum_is_refused() {
         err.to_string().contains("sha256") || err.to_string().contains("checksum"),
         "{err}"
     );
+    // The file that records the sha256 is named: model.json, not a checkpoint's manifest.
+    let json = f.model_dir.join("model.json").display().to_string();
+    assert!(
+        err.to_string().contains(&format!("{json} records")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("manifest"), "{err}");
     assert!(ServeModel::load(Path::new("/nonexistent/model")).is_err());
+}
+
+#[test]
+fn a_known_route_with_another_method_answers_405_in_json() {
+    let f = fixture();
+    let server = start(&f, ServeConfig::default());
+    let addr = server.local_addr();
+    let cases = [
+        ("GET", "/FaceClassifyService/inference", "POST"),
+        ("GET", "/v1/encode", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("DELETE", "/metrics", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let url = format!("http://{addr}{path}");
+        let mut r = match method {
+            "GET" => agent().get(&url).call(),
+            "DELETE" => agent().delete(&url).call(),
+            _ => agent().post(&url).send(&b"{}"[..]),
+        }
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        let allowed = r
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(allowed.as_deref(), Some(allow), "{method} {path}");
+        let text = r.body_mut().read_to_string().unwrap();
+        let value: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {text:?}"));
+        assert_eq!(value["code"], "method_not_allowed", "{value}");
+        let message = value["error"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("{method} {path}: this route takes {allow}")),
+            "{message}"
+        );
+    }
+    server.shutdown().unwrap();
 }
 
 #[test]
