@@ -1,11 +1,15 @@
-//! `cargo xtask data ...`: shuffle-and-split, importers, synthetic data, inspection.
+//! `cargo xtask data ...`: shuffle-and-split, importers, synthetic data, inspection, pair sets.
 //! The logic lives in `plsc-data`; this module parses arguments and prints summaries.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use plsc_data::Resize;
+use plsc_data::folder::Skipped;
 use plsc_data::index::LineCheck;
+use plsc_data::pairs::MakePairsOptions;
+use plsc_data::resize::ResizeTo;
 use plsc_data::shuffle::{Remainder, ShuffleSplitOptions, ShuffleSplitSummary};
 use plsc_data::synth::{SynthFormat, SynthOptions};
 use plsc_data::writer::{WriteOptions, WriteSummary};
@@ -19,6 +23,8 @@ pub enum DataCommand {
     /// Import an MXNet RecordIO .rec (+ .idx) as InsightFace ships MS1M, Glint360K, WebFace.
     ImportRec(ImportRecArgs),
     /// Import ROOT/<class>/<image> (class ids by sorted folder name; writes class_map.tsv).
+    /// Only image files (JPEG, PNG, PNM, told by their header) are taken; the others are
+    /// skipped and listed.
     ImportFolder(ImportFolderArgs),
     /// Import PLSC's label.txt: `path label` lines, paths relative to the list's folder.
     ImportList(ImportListArgs),
@@ -26,6 +32,9 @@ pub enum DataCommand {
     Synth(SynthArgs),
     /// Lines, label range, class count and histogram, image sizes and bad lines of a data set.
     Inspect(InspectArgs),
+    /// A verification pair set (InsightFace .bin) from DIR/<identity>/<image>: N pairs, half
+    /// genuine, half impostor, reproducible from the seed; `eval --bin` reads it.
+    MakePairs(MakePairsArgs),
 }
 
 /// Arguments of `data shuffle-split`.
@@ -122,7 +131,66 @@ pub struct ImportFolderArgs {
     /// Folder with one sub-folder of images per class.
     root: PathBuf,
     #[command(flatten)]
+    size: SizeArgs,
+    #[command(flatten)]
     out: OutArgs,
+}
+
+/// The stored image size and its aspect-ratio policy, shared by `import-folder` and
+/// `make-pairs`.
+#[derive(Args, Debug)]
+pub struct SizeArgs {
+    /// Store every image at SIZE x SIZE pixels (re-encoded as PNG; images already that size are
+    /// kept byte for byte). Without it images are stored as they are, and training and
+    /// evaluation bring them to the model input with squash.
+    #[arg(long, value_name = "SIZE")]
+    size: Option<u32>,
+    /// How an image of another aspect ratio reaches SIZE x SIZE: squash (resize ignoring the
+    /// aspect ratio; the default), pad (fit inside, pad with black) or center-crop (cover,
+    /// cut out the centre).
+    #[arg(long, value_name = "POLICY", default_value_t = Resize::Squash, requires = "size")]
+    resize: Resize,
+}
+
+impl SizeArgs {
+    fn resize_to(&self) -> anyhow::Result<Option<ResizeTo>> {
+        match self.size {
+            Some(0) => anyhow::bail!("--size must be at least 1 pixel"),
+            Some(side) => Ok(Some(ResizeTo::square(side, self.resize))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Arguments of `data make-pairs`.
+#[derive(Args, Debug)]
+pub struct MakePairsArgs {
+    /// Folder with one sub-folder of images per identity (the layout of import-folder).
+    /// Identities with a single image serve only impostor pairs; files that are not images are
+    /// skipped and listed.
+    #[arg(long, value_name = "DIR")]
+    folder: PathBuf,
+    /// Pairs in all: half genuine (same identity), half impostor (an odd one out is genuine),
+    /// alternating so that every fold of a 10-fold evaluation holds both kinds.
+    #[arg(long, value_name = "N")]
+    pairs: usize,
+    /// Seed of the drawing: the same folder and seed give the same file, byte for byte.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// The pair set to write (InsightFace .bin: a pickle of the encoded images and the labels).
+    #[arg(long, value_name = "SET.bin")]
+    out: PathBuf,
+    /// Replace --out if it exists (without it, an existing file is an error).
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    size: SizeArgs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 /// Arguments of `data import-list`.
@@ -209,10 +277,20 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             print_write(&s, a.out.json)?;
         }
         DataCommand::ImportFolder(a) => {
-            let s = plsc_data::import::import_folder(&a.root, &a.out.options())
-                .with_context(|| format!("importing {}", a.root.display()))?;
-            print_write(&s, a.out.json)?;
+            let s =
+                plsc_data::import::import_folder(&a.root, &a.out.options(), a.size.resize_to()?)
+                    .with_context(|| format!("importing {}", a.root.display()))?;
+            if a.out.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_write(&s.written, false)?;
+                if let Some(r) = &s.resized {
+                    println!("stored at:    {}x{} ({})", r.width, r.height, r.policy);
+                }
+                print_skipped(&s.skipped);
+            }
         }
+        DataCommand::MakePairs(a) => make_pairs(&a)?,
         DataCommand::ImportList(a) => {
             let s = plsc_data::import::import_list(&a.list, a.classes, &a.out.options())
                 .with_context(|| format!("importing {}", a.list.display()))?;
@@ -269,6 +347,61 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `data make-pairs`: the builder of plsc-data, the `.bin` writer of plsc-eval.
+fn make_pairs(a: &MakePairsArgs) -> anyhow::Result<()> {
+    if a.out.exists() && !a.overwrite {
+        anyhow::bail!("{} exists; pass --overwrite to replace it", a.out.display());
+    }
+    let opts = MakePairsOptions {
+        pairs: a.pairs,
+        seed: a.seed,
+        resize: a.size.resize_to()?,
+        progress: !a.no_progress,
+    };
+    let (set, summary) = plsc_data::pairs::make_pairs(&a.folder, &opts)
+        .with_context(|| format!("making pairs from {}", a.folder.display()))?;
+    plsc_eval::write_bin(&a.out, &set.images, &set.issame)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let bytes = std::fs::metadata(&a.out)
+        .with_context(|| format!("reading back {}", a.out.display()))?
+        .len();
+    if a.json {
+        let doc = serde_json::json!({ "file": a.out, "bytes": bytes, "summary": summary });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("pair set:     {} ({bytes} bytes)", a.out.display());
+    println!(
+        "pairs:        {} ({} genuine, {} impostor), seed {}",
+        summary.pairs, summary.genuine, summary.impostor, summary.seed
+    );
+    println!(
+        "identities:   {} ({} with two or more images)",
+        summary.identities, summary.identities_with_pairs
+    );
+    println!(
+        "images:       {} found, {} used",
+        summary.images, summary.images_used
+    );
+    match &summary.resized {
+        Some(r) => println!("stored at:    {}x{} ({})", r.width, r.height, r.policy),
+        None => println!("stored at:    original size (evaluation resizes them)"),
+    }
+    print_skipped(&summary.skipped);
+    Ok(())
+}
+
+/// The files that were not taken as images, one per line.
+fn print_skipped(skipped: &[Skipped]) {
+    println!(
+        "skipped:      {} file(s) that are not images",
+        skipped.len()
+    );
+    for s in skipped {
+        println!("  {s}");
+    }
 }
 
 fn print_split(s: &ShuffleSplitSummary) {

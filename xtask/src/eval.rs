@@ -47,6 +47,12 @@ pub struct EvalArgs {
         requires = "model"
     )]
     bin: Vec<PathBuf>,
+    /// How images of another size or aspect ratio become the model input (with --model):
+    /// squash (resize ignoring the aspect ratio), pad (fit inside, pad with black) or
+    /// center-crop (cover, cut out the centre). [default: what the model's model.json records,
+    /// squash when it records nothing]
+    #[arg(long, value_name = "POLICY", requires = "model")]
+    resize: Option<plsc_eval::Resize>,
     /// Images per forward pass (with --model).
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -110,7 +116,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
 /// `--model DIR --bin ...`: the flip test of an exported model on each pair set.
 fn run_model(dir: &Path, args: &EvalArgs, verify: VerifyConfig) -> Result<()> {
-    let (model, spec, normalize) = load_model(dir)?;
+    let (model, spec, normalize, recorded) = load_model(dir)?;
+    let resize = args.resize.unwrap_or(recorded);
+    if resize != recorded {
+        tracing::warn!(
+            "resize {resize} from --resize, while {} records {recorded}",
+            dir.join(plsc_ckpt::export::MODEL_JSON).display()
+        );
+    }
+    tracing::info!(model = %dir.display(), %resize, "images of another size are brought to the input by {resize}");
     let options = EvalOptions {
         batch_size: args.batch_size,
         normalize,
@@ -125,7 +139,7 @@ fn run_model(dir: &Path, args: &EvalArgs, verify: VerifyConfig) -> Result<()> {
             .map_err(|e| format!("reading the embeddings: {e:?}").into())
     };
     let paths: Vec<&Path> = args.bin.iter().map(PathBuf::as_path).collect();
-    let reports = plsc_eval::verify_bin_files(&paths, spec, &mut embed, &options)
+    let reports = plsc_eval::verify_bin_files(&paths, spec, resize, &mut embed, &options)
         .with_context(|| format!("verifying {} on the pair sets", dir.display()))?;
     if args.json {
         let sets: Vec<SetReport> = reports
@@ -141,8 +155,9 @@ fn run_model(dir: &Path, args: &EvalArgs, verify: VerifyConfig) -> Result<()> {
     Ok(())
 }
 
-/// Loads an exported model onto the CPU backend, with its input size and pixel normalisation.
-fn load_model(dir: &Path) -> Result<(Backbone<Flex>, ImageSpec, Normalize)> {
+/// Loads an exported model onto the CPU backend, with its input size, pixel normalisation and
+/// the resize policy its model.json records.
+fn load_model(dir: &Path) -> Result<(Backbone<Flex>, ImageSpec, Normalize, plsc_eval::Resize)> {
     let exported = plsc_ckpt::load_exported(dir)
         .with_context(|| format!("loading the exported model {}", dir.display()))?;
     let spec = &exported.spec;
@@ -196,6 +211,7 @@ fn load_model(dir: &Path) -> Result<(Backbone<Flex>, ImageSpec, Normalize)> {
             mean,
             scale: 1.0 / std,
         },
+        spec.resize,
     ))
 }
 
@@ -208,12 +224,14 @@ fn text_report(name: &str, v: &Verification) -> String {
         .map(|t| format!("{t:.2}"))
         .collect();
     format!(
-        "{name}: {pairs} pairs, {folds} folds\n\
+        "{name}: {pairs} pairs ({genuine} genuine, {impostor} impostor), {folds} folds\n\
          Accuracy: {acc:.5}+-{acc_std:.5}\n\
          TAR@FAR={far_target:e}: {tar:.5}+-{tar_std:.5} (FAR measured {far:.5})\n\
          XNorm: {xnorm:.6}\n\
          Best thresholds: {thresholds}\n",
         pairs = m.pairs,
+        genuine = m.genuine,
+        impostor = m.impostor,
         folds = m.folds,
         acc = m.accuracy_mean,
         acc_std = m.accuracy_std,

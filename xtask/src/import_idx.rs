@@ -222,8 +222,10 @@ pub fn run(args: ImportIdxArgs) -> anyhow::Result<()> {
         .map(|&i| png(&pimages[i], prows, pcols))
         .collect::<anyhow::Result<_>>()?;
     let pair_labels: Vec<u32> = order.iter().map(|&i| u32::from(plabels[i])).collect();
-    let pairs = plsc_eval::sample_pairs(&pair_labels, args.pairs, args.seed)?;
-    let bin = plsc_eval::pairs_to_bin(&encoded, &pairs)?;
+    // The builder of `data make-pairs`, on the held-out images.
+    let pairs =
+        plsc_data::pairs::sample_pairs(&pair_labels, args.pairs, args.seed, &args.pair_labels)?;
+    let bin = plsc_data::pairs::gather_images(&pairs, |i| Ok(encoded[i].clone()), false)?;
     let bin_path = args.output.join(format!("{}.bin", args.name));
     plsc_eval::write_bin(&bin_path, &bin.images, &bin.issame)?;
     let bin_bytes = std::fs::metadata(&bin_path)?.len();

@@ -53,7 +53,10 @@ fn eval_prints_text_and_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("20 pairs, 10 folds"), "{text}");
+    assert!(
+        text.contains("20 pairs (10 genuine, 10 impostor), 10 folds"),
+        "{text}"
+    );
     assert!(text.contains("Accuracy: 0.90000+-0.20000"), "{text}");
     assert!(text.contains("TAR@FAR=1e-3: 0.90000+-0.30000"), "{text}");
     assert!(text.contains("XNorm: 3.0000"), "{text}");
@@ -169,8 +172,11 @@ fn eval_model_on_bin_files() {
     let labels: Vec<u32> = (0..60).map(|i| i / 6).collect();
     let mut bins = Vec::new();
     for (name, seed) in [("set_a", 1u64), ("set_b", 2)] {
-        let pairs = plsc_eval::sample_pairs(&labels, 20, seed).unwrap();
-        let bin = plsc_eval::pairs_to_bin(&images, &pairs).unwrap();
+        let pairs =
+            plsc_data::pairs::sample_pairs(&labels, 20, seed, std::path::Path::new("synth"))
+                .unwrap();
+        let bin =
+            plsc_data::pairs::gather_images(&pairs, |i| Ok(images[i].clone()), false).unwrap();
         let path = dir.path().join(format!("{name}.bin"));
         plsc_eval::write_bin(&path, &bin.images, &bin.issame).unwrap();
         bins.push(path);

@@ -136,6 +136,64 @@ pub enum DataError {
     /// Encoding an image failed (synthetic data).
     #[error("encoding image: {0}")]
     Encode(String),
+    /// An image file could not be read as an image (a whole file, not a line of a part).
+    #[error("{}: cannot decode image: {reason}", path.display())]
+    ImageFile {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A pair set asks for more genuine (same-identity) pairs than the images allow.
+    #[error(
+        "{}: {needed} genuine pairs are needed (half of {pairs}), but only {available} distinct \
+         ones exist: {identities} identities have two or more images (identities with one \
+         image serve only impostor pairs); ask for at most {} pairs or add images",
+        from.display(), 2 * available
+    )]
+    TooFewGenuinePairs {
+        /// The folder or label file the images come from.
+        from: PathBuf,
+        /// Pairs asked for in all.
+        pairs: usize,
+        /// Genuine pairs needed (half of `pairs`, rounded up).
+        needed: usize,
+        /// Distinct genuine pairs the images allow.
+        available: usize,
+        /// Identities with two or more images.
+        identities: usize,
+    },
+    /// A pair set asks for more impostor (different-identity) pairs than the images allow.
+    #[error(
+        "{}: {needed} impostor pairs are needed (half of {pairs}), but only {available} distinct \
+         ones exist ({identities} identities with images); ask for fewer pairs or add identities",
+        from.display()
+    )]
+    TooFewImpostorPairs {
+        /// The folder or label file the images come from.
+        from: PathBuf,
+        /// Pairs asked for in all.
+        pairs: usize,
+        /// Impostor pairs needed (half of `pairs`, rounded down).
+        needed: usize,
+        /// Distinct impostor pairs the images allow.
+        available: usize,
+        /// Identities with at least one image.
+        identities: usize,
+    },
+    /// Random drawing found too few distinct pairs (the request is near what the images allow).
+    #[error(
+        "{}: could only draw {drawn} distinct pairs of the {pairs} asked for; ask for fewer pairs",
+        from.display()
+    )]
+    PairSampling {
+        /// The folder or label file the images come from.
+        from: PathBuf,
+        /// Pairs drawn before giving up.
+        drawn: usize,
+        /// Pairs asked for.
+        pairs: usize,
+    },
     /// The background prefetch thread stopped unexpectedly.
     #[error("batch prefetch thread for rank {rank} stopped: {reason}")]
     Prefetch {

@@ -3,9 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use crate::error::{DataError, LineError, Location, Result};
+use crate::folder::{Skipped, scan_class_folder};
 use crate::format::{ImageCheck, check_image};
 use crate::recordio::RecDataset;
+use crate::resize::ResizeTo;
 use crate::writer::{CLASS_MAP_NAME, WriteOptions, WriteSummary, write_dataset};
 
 fn image_err(location: Location, e: LineError) -> DataError {
@@ -54,61 +58,72 @@ pub fn import_rec(rec: &Path, idx: Option<&Path>, opts: &WriteOptions) -> Result
     )
 }
 
-fn read_image(path: &Path) -> Result<Vec<u8>> {
+/// What `data import-folder` did: the written data set and the files it skipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderImportSummary {
+    /// The data set written.
+    #[serde(flatten)]
+    pub written: WriteSummary,
+    /// Files of the class folders that are not images (by their header), not imported.
+    pub skipped: Vec<Skipped>,
+    /// The size and policy images were stored at, when one was given.
+    pub resized: Option<ResizeTo>,
+}
+
+/// Reads an image file whole; with `resize`, decodes it and returns it at the target size (PNG,
+/// unless it already had that size). Errors name the file.
+pub(crate) fn read_image_file(path: &Path, resize: Option<ResizeTo>) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    check_image(&bytes, ImageCheck::Header).map_err(|e| DataError::Decode {
-        location: Location::Line {
-            file: path.to_path_buf(),
-            line: 1,
-        },
-        reason: e.to_string(),
-    })?;
-    Ok(bytes)
+    let bad = |reason: String| DataError::ImageFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match resize {
+        Some(r) => r.apply_encoded(bytes).map_err(|e| bad(e.to_string())),
+        None => {
+            check_image(&bytes, ImageCheck::Header).map_err(|e| bad(e.to_string()))?;
+            Ok(bytes)
+        }
+    }
 }
 
 /// Imports `root/<class>/<image>`: one sub-folder per class, class ids assigned by sorted
 /// folder name, images by sorted file name. Writes `class_map.tsv` (`id\tname`) next to
-/// `file_list.txt`. Files that are not JPEG/PNG/PNM images are bad input.
-pub fn import_folder(root: &Path, opts: &WriteOptions) -> Result<WriteSummary> {
-    let read_dir = |d: &Path| -> Result<Vec<PathBuf>> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
-            .map_err(|e| DataError::io(d, e))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| DataError::io(d, e))?;
-        v.sort();
-        Ok(v)
-    };
-    let classes: Vec<PathBuf> = read_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
-    if classes.is_empty() {
-        return Err(DataError::Empty {
-            what: format!("{} (no class sub-folders)", root.display()),
-        });
-    }
-    let mut items: Vec<(PathBuf, i64)> = Vec::new();
-    let mut map = String::new();
-    for (id, dir) in classes.iter().enumerate() {
-        let name = dir.file_name().unwrap_or_default().to_string_lossy();
-        map.push_str(&format!("{id}\t{name}\n"));
-        for f in read_dir(dir)? {
-            if f.is_file() {
-                items.push((f, id as i64));
-            }
-        }
-    }
+/// `file_list.txt`. Only image files (JPEG, PNG, PNM, told by their header) are imported; the
+/// others are skipped and listed in the summary. With `resize`, every image is stored at that
+/// size by its policy (PNG when resized); without, as it is (training then squashes it).
+pub fn import_folder(
+    root: &Path,
+    opts: &WriteOptions,
+    resize: Option<ResizeTo>,
+) -> Result<FolderImportSummary> {
+    let folder = scan_class_folder(root)?;
+    let map: String = folder
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(id, name)| format!("{id}\t{name}\n"))
+        .collect();
     tracing::info!(
-        "{}: {} images in {} classes",
+        "{}: {} images in {} classes, {} other files skipped",
         root.display(),
-        items.len(),
-        classes.len()
+        folder.images.len(),
+        folder.classes.len(),
+        folder.skipped.len()
     );
-    write_dataset(
+    let items = &folder.images;
+    let written = write_dataset(
         opts,
         items.len(),
-        |i| Ok((read_image(&items[i].0)?, items[i].1)),
+        |i| Ok((read_image_file(&items[i].0, resize)?, i64::from(items[i].1))),
         &[(CLASS_MAP_NAME, map)],
         &[root.to_path_buf()],
-    )
+    )?;
+    Ok(FolderImportSummary {
+        written,
+        skipped: folder.skipped,
+        resized: resize,
+    })
 }
 
 /// Imports PLSC's `label.txt`: lines `path label` (whitespace-separated; paths relative to the

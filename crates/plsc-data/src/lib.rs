@@ -7,17 +7,20 @@
 //!   parsing and the `--skip-bad` policy.
 //! - [`shuffle`]: global shuffle-and-split over memory-mapped inputs.
 //! - [`recordio`]: MXNet RecordIO `.rec`/`.idx` (InsightFace's MS1M, Glint360K, WebFace).
-//! - [`import`], [`synth`], [`inspect`]: the data tools.
+//! - [`import`], [`synth`], [`inspect`]: the data tools; [`folder`]: a folder of identities.
+//! - [`pairs`]: verification pair sets (half genuine, half impostor) from labelled images.
 //! - [`decode`], [`source`], [`stream`]: decoding, augmentation and per-rank batches.
 //! - [`resize`]: the aspect-ratio policy (`squash`, `pad`, `center-crop`) of every consumer.
 
 pub mod decode;
 pub mod error;
+pub mod folder;
 pub mod format;
 pub mod import;
 pub mod index;
 pub mod inspect;
 pub mod output;
+pub mod pairs;
 pub mod recordio;
 pub mod resize;
 pub mod shuffle;

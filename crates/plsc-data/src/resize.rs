@@ -95,6 +95,43 @@ impl Resize {
     }
 }
 
+/// A fixed size that tools store images at (`--size` of `data import-folder` and
+/// `data make-pairs`), reached by `policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeTo {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// How the aspect ratio is handled.
+    pub policy: Resize,
+}
+
+impl ResizeTo {
+    /// A square `side x side` target.
+    pub fn square(side: u32, policy: Resize) -> Self {
+        Self {
+            width: side,
+            height: side,
+            policy,
+        }
+    }
+
+    /// Decodes `bytes`; returns them unchanged when the image already has the target size,
+    /// otherwise the image resized by the policy and encoded as PNG (lossless: the stored pixels
+    /// are exactly the policy's).
+    pub fn apply_encoded(&self, bytes: Vec<u8>) -> Result<Vec<u8>, image::ImageError> {
+        let img = image::load_from_memory(&bytes)?;
+        if (img.width(), img.height()) == (self.width, self.height) {
+            return Ok(bytes);
+        }
+        let img = self.policy.apply(img, self.width, self.height);
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png)?;
+        Ok(out.into_inner())
+    }
+}
+
 /// Sets every sample of `img` to `value` (8-bit images; other depths are left at zero).
 fn fill(img: &mut DynamicImage, value: u8) {
     match img {

@@ -36,8 +36,9 @@ fn import_folder_assigns_ids_by_sorted_name() {
         }
     }
     let out = dir.path().join("out");
-    let s = plsc_data::import::import_folder(&root, &wopts(out.clone(), None)).unwrap();
-    assert_eq!(s.samples, 6);
+    let s = plsc_data::import::import_folder(&root, &wopts(out.clone(), None), None).unwrap();
+    assert_eq!(s.written.samples, 6);
+    assert!(s.skipped.is_empty());
     assert_eq!(
         std::fs::read_to_string(out.join("class_map.tsv")).unwrap(),
         "0\talpha\n1\tmid\n2\tzeta\n"
@@ -57,18 +58,79 @@ fn import_folder_assigns_ids_by_sorted_name() {
         assert_eq!(px[0], (v - 127.5) / 128.0, "sample {i}");
     }
     // Re-import over the previous output (it holds the class map too) with 2 parts.
-    let s = plsc_data::import::import_folder(&root, &wopts(out.clone(), Some(2))).unwrap();
-    assert_eq!(s.split.unwrap().per_part, vec![3, 3]);
+    let s = plsc_data::import::import_folder(&root, &wopts(out.clone(), Some(2)), None).unwrap();
+    assert_eq!(s.written.split.unwrap().per_part, vec![3, 3]);
     assert!(out.join("class_map.tsv").exists());
-    // A non-image file is a named error, or skipped with skip-bad.
+    // Files that are not images (by their header, whatever their name) are skipped and listed,
+    // as is a sub-folder; an image with a misleading name is taken.
     std::fs::write(root.join("mid").join("notes.txt"), "hello").unwrap();
-    let err =
-        plsc_data::import::import_folder(&root, &wopts(dir.path().join("o2"), None)).unwrap_err();
-    assert!(err.to_string().contains("notes.txt"), "{err}");
-    let mut o = wopts(dir.path().join("o3"), None);
-    o.skip_bad = true;
-    let s = plsc_data::import::import_folder(&root, &o).unwrap();
-    assert_eq!((s.samples, s.bad.skipped), (6, 1));
+    std::fs::write(root.join("mid").join("fake.png"), "not a png").unwrap();
+    std::fs::create_dir(root.join("mid").join("nested")).unwrap();
+    std::fs::write(
+        root.join("alpha").join("photo.dat"),
+        common::pgm(4, 4, |_, _| 10),
+    )
+    .unwrap();
+    let s =
+        plsc_data::import::import_folder(&root, &wopts(dir.path().join("o2"), None), None).unwrap();
+    assert_eq!((s.written.samples, s.written.bad.skipped), (7, 0));
+    let skipped: Vec<&std::path::Path> = s.skipped.iter().map(|k| k.path.as_path()).collect();
+    assert_eq!(
+        skipped,
+        [
+            root.join("mid").join("fake.png"),
+            root.join("mid").join("nested"),
+            root.join("mid").join("notes.txt"),
+        ]
+    );
+    assert!(s.skipped.iter().all(|k| !k.reason.is_empty()));
+}
+
+#[test]
+fn import_folder_stores_images_at_the_size_and_policy_asked_for() {
+    use plsc_data::Resize;
+    use plsc_data::resize::ResizeTo;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    // 4x2: left half 200, right half 50.
+    let wide = common::pgm(4, 2, |x, _| if x < 2 { 200 } else { 50 });
+    std::fs::write(root.join("a").join("wide.pgm"), &wide).unwrap();
+    std::fs::write(
+        root.join("a").join("square.pgm"),
+        common::pgm(4, 4, |_, _| 9),
+    )
+    .unwrap();
+    for policy in Resize::ALL {
+        let out = dir.path().join(policy.name());
+        let to = ResizeTo::square(4, policy);
+        let s =
+            plsc_data::import::import_folder(&root, &wopts(out.clone(), None), Some(to)).unwrap();
+        assert_eq!(s.resized, Some(to));
+        let src = Base64Source::open(&read_file_list(&out.join("file_list.txt")).unwrap()).unwrap();
+        // An image already at the size is stored byte for byte; the other is the policy's.
+        let (square, _) = src.get(0).unwrap();
+        assert_eq!(square, common::pgm(4, 4, |_, _| 9), "{policy}");
+        let (stored, _) = src.get(1).unwrap();
+        let stored = image::load_from_memory(&stored).unwrap();
+        let want = policy.apply(image::load_from_memory(&wide).unwrap(), 4, 4);
+        assert_eq!(stored.to_luma8(), want.to_luma8(), "{policy}");
+    }
+    // A file with an image header but a broken body is an error naming it.
+    let mut broken = common::png_rgb(8, 8, |x, y| [x as u8, y as u8, 0]);
+    broken.truncate(broken.len() - 20);
+    std::fs::write(root.join("a").join("broken.png"), &broken).unwrap();
+    let err = plsc_data::import::import_folder(
+        &root,
+        &wopts(dir.path().join("o"), None),
+        Some(ResizeTo::square(4, Resize::Pad)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("broken.png"), "{err}");
+    assert!(
+        !dir.path().join("o").exists(),
+        "a failed import leaves nothing"
+    );
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! * [`bin_file`]: read and write `.bin` pair sets (a pickle of `(images, issame)`).
 //! * [`pair_set`]: decode a pair set to the model input; NCHW batches, plain and flipped.
 //! * [`embed`]: the flip test with an [`Embedder`].
-//! * [`sampling`]: draw our own pair sets from labelled images.
+//! Our own pair sets are drawn by plsc-data's builder (`plsc_data::pairs`) and written by
+//! [`write_bin`].
 //! * [`embeddings_file`]: given embeddings (safetensors) and labels (JSON), for
 //!   `cargo xtask eval --embeddings`.
 
@@ -20,7 +21,6 @@ mod error;
 pub mod metrics;
 pub mod numeric;
 pub mod pair_set;
-pub mod sampling;
 
 pub use bin_file::{BinPairs, encode_bin, parse_bin, read_bin, write_bin};
 pub use embed::{Embedder, EvalOptions, FlipEmbeddings, embed_with_flip, verify_pair_set};
@@ -30,7 +30,7 @@ pub use embeddings_file::{
 pub use error::{EmbedderError, EvalError, Result};
 pub use metrics::{Metrics, Roc, Verification, VerifyConfig, evaluate, verify_embeddings};
 pub use pair_set::{ImageSpec, Normalize, PairSet, STANDARD_SETS};
-pub use sampling::{Pair, pairs_to_bin, sample_pairs};
+pub use plsc_data::Resize;
 
 use std::path::Path;
 
@@ -52,18 +52,19 @@ pub fn verify_files(
     )
 }
 
-/// Loads each `.bin` file and verifies it with the embedder (flip test); returns the set names
-/// with their reports, in the order given.
+/// Loads each `.bin` file, its images brought to `spec` by the `resize` policy, and verifies it
+/// with the embedder (flip test); returns the set names with their reports, in the order given.
 pub fn verify_bin_files(
     paths: &[&Path],
     spec: ImageSpec,
+    resize: Resize,
     embedder: &mut dyn Embedder,
     options: &EvalOptions,
 ) -> Result<Vec<(String, Verification)>> {
     paths
         .iter()
         .map(|path| {
-            let set = PairSet::load(path, spec)?;
+            let set = PairSet::load_resized(path, spec, resize)?;
             let report = verify_pair_set(&set, embedder, options)?;
             Ok((set.name.clone(), report))
         })

@@ -86,6 +86,12 @@ pub fn trapezoid_auc(fpr: &[f64], tpr: &[f64]) -> f64 {
 pub struct Metrics {
     /// Number of pairs.
     pub pairs: usize,
+    /// Genuine (same-identity) pairs among them.
+    #[serde(default)]
+    pub genuine: usize,
+    /// Impostor (different-identity) pairs among them.
+    #[serde(default)]
+    pub impostor: usize,
     /// Number of folds.
     pub folds: usize,
     /// Mean of the per-fold test accuracies.
@@ -268,8 +274,11 @@ pub fn evaluate(
     let roc = calculate_roc(&roc_thresholds, &dist, issame, &folds);
     let val_thresholds = arange(0.0, 4.0, 0.001);
     let val = calculate_val(&val_thresholds, &dist, issame, config.far_target, &folds)?;
+    let genuine = issame.iter().filter(|&&same| same).count();
     Ok(Metrics {
         pairs: issame.len(),
+        genuine,
+        impostor: issame.len() - genuine,
         folds: folds.len(),
         accuracy_mean: np_mean(&roc.accuracy),
         accuracy_std: np_std(&roc.accuracy),

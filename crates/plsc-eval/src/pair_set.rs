@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use image::imageops::FilterType;
+use plsc_data::Resize;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -80,17 +80,30 @@ pub struct PairSet {
 }
 
 impl PairSet {
-    /// Decodes every image of `pairs` (in parallel) to `spec`: RGB or grey, resized with a
-    /// bilinear filter when its size differs from the model input. `path` names the source in
-    /// errors.
+    /// Decodes every image of `pairs` (in parallel) to `spec`: RGB or grey, squashed to the
+    /// model input with a bilinear filter when its size differs ([`PairSet::decode_resized`]
+    /// with [`Resize::Squash`]). `path` names the source in errors.
     pub fn decode(name: &str, pairs: &BinPairs, spec: ImageSpec, path: &Path) -> Result<Self> {
+        Self::decode_resized(name, pairs, spec, Resize::Squash, path)
+    }
+
+    /// Decodes every image of `pairs` (in parallel) to `spec`: RGB or grey, brought to the model
+    /// input by the `resize` policy (plsc-data's, as training and the server apply it) when its
+    /// size differs. `path` names the source in errors.
+    pub fn decode_resized(
+        name: &str,
+        pairs: &BinPairs,
+        spec: ImageSpec,
+        resize: Resize,
+        path: &Path,
+    ) -> Result<Self> {
         spec.check()?;
         let decoded: Vec<Vec<u8>> = pairs
             .images
             .par_iter()
             .enumerate()
             .map(|(index, bytes)| {
-                decode_one(bytes, spec).map_err(|source| EvalError::Image {
+                decode_one(bytes, spec, resize).map_err(|source| EvalError::Image {
                     path: path.to_path_buf(),
                     index,
                     source,
@@ -109,14 +122,21 @@ impl PairSet {
         })
     }
 
-    /// Reads and decodes a `.bin` file; the set is named after the file stem.
+    /// Reads and decodes a `.bin` file, squashing images of another size to `spec`; the set is
+    /// named after the file stem.
     pub fn load(path: &Path, spec: ImageSpec) -> Result<Self> {
+        Self::load_resized(path, spec, Resize::Squash)
+    }
+
+    /// Reads and decodes a `.bin` file, bringing images of another size to `spec` by the
+    /// `resize` policy; the set is named after the file stem.
+    pub fn load_resized(path: &Path, spec: ImageSpec, resize: Resize) -> Result<Self> {
         let pairs = read_bin(path)?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let set = Self::decode(&name, &pairs, spec, path)?;
+        let set = Self::decode_resized(&name, &pairs, spec, resize, path)?;
         tracing::info!(set = %set.name, pairs = set.pairs(), "loaded pair set {}", path.display());
         Ok(set)
     }
@@ -199,14 +219,13 @@ impl PairSet {
     }
 }
 
-fn decode_one(bytes: &[u8], spec: ImageSpec) -> std::result::Result<Vec<u8>, image::ImageError> {
+fn decode_one(
+    bytes: &[u8],
+    spec: ImageSpec,
+    resize: Resize,
+) -> std::result::Result<Vec<u8>, image::ImageError> {
     let img = image::load_from_memory(bytes)?;
-    let (w, h) = (spec.width as u32, spec.height as u32);
-    let img = if img.width() != w || img.height() != h {
-        img.resize_exact(w, h, FilterType::Triangle)
-    } else {
-        img
-    };
+    let img = resize.apply(img, spec.width as u32, spec.height as u32);
     Ok(if spec.channels == 3 {
         img.into_rgb8().into_raw()
     } else {

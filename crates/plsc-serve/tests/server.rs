@@ -696,3 +696,50 @@ fn a_request_larger_than_max_batch_runs_in_chunks_and_keeps_its_order() {
     assert_eq!((stats.batches, stats.images, stats.max_images), (3, 8, 3));
     server.shutdown().unwrap();
 }
+
+/// Sets (or, with `None`, removes, as in files written before the field existed) the `resize`
+/// field of the fixture's `model.json`.
+fn set_model_json_resize(f: &Fixture, resize: Option<&str>) {
+    let path = f.model_dir.join("model.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let obj = doc.as_object_mut().unwrap();
+    match resize {
+        Some(r) => obj.insert("resize".into(), json!(r)),
+        None => obj.remove("resize"),
+    };
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn the_server_applies_the_resize_policy_model_json_records() {
+    use plsc_data::Resize;
+    let mut f = fixture();
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(f.model_dir.join("model.json")).unwrap()).unwrap();
+    assert_eq!(doc["resize"], "squash", "export writes the policy");
+    // The three images that are not square.
+    let images = test_images()[1..].to_vec();
+    let squashed = reference(&f, &images, false);
+    for (recorded, policy) in [
+        (Some("center-crop"), Resize::CenterCrop),
+        (Some("pad"), Resize::Pad),
+        (None, Resize::Squash),
+    ] {
+        set_model_json_resize(&f, recorded);
+        let server = start(&f, ServeConfig::default());
+        let client = Client::connect(server.local_addr().to_string()).unwrap();
+        assert_eq!(client.model().unwrap().model.resize, policy);
+        let got = client.encode(&images).unwrap();
+        f.spec.resize = policy;
+        assert_close(&got, &reference(&f, &images, false), policy.name());
+        if policy != Resize::Squash {
+            assert!(
+                got.iter()
+                    .zip(&squashed)
+                    .all(|(a, b)| a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-3)),
+                "{policy}: every non-square image differs from its squashed embedding"
+            );
+        }
+        server.shutdown().unwrap();
+    }
+}
