@@ -21,8 +21,10 @@
 //!    **all-reduce (sum)** of `S` and the target logits. `lse_i = M_i + ln S_i`,
 //!    `L = mean_i (lse_i - z_iy)`.
 //! 5. [`backward_tiles`]: per tile again, `g = (softmax - onehot) / B`, times `s psi'` at the
-//!    target; `dXn += g Wn`; `dWn = g^T Xn`, then through the weight normalisation:
-//!    `dW = (dWn - (dWn . wn) wn) / |w|`. The weight gradient covers the sampled rows only.
+//!    target; with `g'_ij = g_ij / |w_j|` (the CPU kernel's factoring, which keeps
+//!    half-precision operands in f16's normal range): `dXn += g' W`, `u = g'^T Xn`, and through
+//!    the weight normalisation `dW_j = u_j - (u_j . w_j) w_j / |w_j|^2`. The weight gradient
+//!    covers the sampled rows only.
 //! 6. [`scatter_feature_grad`]: **reduce-scatter (sum)** of `dXn` to the rows' owners, then
 //!    `dx_i = (dXn_i - (dXn_i . Xn_i) Xn_i) / |x_i|`.
 //!
@@ -335,12 +337,22 @@ pub fn backward_tiles<B: Backend>(
                 g = g.mask_fill(f, 0.0);
             }
         }
-        dxop = dxop + product(config.precision, &g, &ch.w_op, false);
-        let dw_op = product(config.precision, &g.clone().transpose(), &p.xop, false);
         let dw = match ch.inv_wnorm {
-            // dL/dw = (dL/dwn - (dL/dwn . wn) wn) / |w|
-            Some(inv) => (dw_op.clone() - dw_op.mul(ch.w_op.clone()).sum_dim(1) * ch.w_op) * inv,
-            None => dw_op,
+            // The CPU kernel's factoring: g' = g / |w_j| (so that the half-precision operands
+            // keep f16's normal range), dX += g' W, u = g'^T Xn,
+            // dL/dw = u - (u . w) w / |w|^2 (the weight normalisation's backward).
+            Some(inv) => {
+                let kk = c1 - c0;
+                let gs = g.clone() * inv.clone().reshape([1, kk]);
+                dxop = dxop + product(config.precision, &gs, &ch.w_raw, false);
+                let u = product(config.precision, &gs.transpose(), &p.xop, false);
+                let uw = u.clone().mul(ch.w_raw.clone()).sum_dim(1);
+                u - uw * ch.w_raw * inv.square()
+            }
+            None => {
+                dxop = dxop + product(config.precision, &g, &ch.w_op, false);
+                product(config.precision, &g.clone().transpose(), &p.xop, false)
+            }
         };
         dws.push(dw);
         if p.bs.is_some() {
@@ -515,6 +527,8 @@ struct Tile<B: Backend> {
     dpsi: Tensor<B, 2>,
     /// `Wn` (margin) or `W` (softmax) of the tile `[K, D]`.
     w_op: Tensor<B, 2>,
+    /// `W` of the tile `[K, D]`.
+    w_raw: Tensor<B, 2>,
     /// `1 / |w_j|` `[K, 1]` (margin).
     inv_wnorm: Option<Tensor<B, 2>>,
 }
@@ -570,13 +584,14 @@ fn tile_logits<B: Backend>(config: &HeadConfig, p: &Prepared<B>, c0: usize, c1: 
                 target,
                 filtered: None,
                 dpsi: Tensor::ones([rows, 1], &device),
-                w_op: wc,
+                w_op: wc.clone(),
+                w_raw: wc,
                 inv_wnorm: None,
             }
         }
         LossKind::Margin(m) => {
             let inv_wnorm = inv_row_norms(&wc);
-            let wn = wc * inv_wnorm.clone();
+            let wn = wc.clone() * inv_wnorm.clone();
             let cos = product(config.precision, &p.xop, &wn, true).clamp(-1.0, 1.0);
             // The B target cosines go to the host for psi and psi' in f64.
             let cos_t: Vec<f32> = (cos.clone() * target.clone().float())
@@ -616,6 +631,7 @@ fn tile_logits<B: Backend>(config: &HeadConfig, p: &Prepared<B>, c0: usize, c1: 
                 filtered,
                 dpsi: column(dpsi, &device),
                 w_op: wn,
+                w_raw: wc,
                 inv_wnorm: Some(inv_wnorm),
             }
         }

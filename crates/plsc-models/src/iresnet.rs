@@ -9,6 +9,7 @@
 
 use burn::config::Config;
 use burn::module::Module;
+use crate::amp::{self, Autocast};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Linear, PRelu};
 use burn::tensor::{Tensor, backend::Backend};
@@ -163,14 +164,19 @@ impl<B: Backend> IBasicBlock<B> {
 
     /// `[N, C_in, H, W]` -> `[N, C_out, H/stride, W/stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_cast(x, Autocast::Off)
+    }
+
+    /// [`Self::forward`] with the convolutions in `cast`'s precision ([`crate::amp`]).
+    pub fn forward_cast(&self, x: Tensor<B, 4>, cast: Autocast) -> Tensor<B, 4> {
         let out = self.bn1.forward(x.clone());
-        let out = self.conv1.forward(out);
+        let out = amp::conv2d(&self.conv1, out, cast);
         let out = self.bn2.forward(out);
         let out = prelu(out, self.prelu.alpha.val());
-        let out = self.conv2.forward(out);
+        let out = amp::conv2d(&self.conv2, out, cast);
         let out = self.bn3.forward(out);
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x)),
+            Some(d) => d.bn.forward(amp::conv2d(&d.conv, x, cast)),
             None => x,
         };
         out + identity
@@ -255,7 +261,13 @@ pub struct IResNet<B: Backend> {
 impl<B: Backend> IResNet<B> {
     /// `[N, C, S, S]` images -> `[N, embedding]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self.conv1.forward(x);
+        self.forward_cast(x, Autocast::Off)
+    }
+
+    /// [`Self::forward`] with the convolutions and the linear layer in `cast`'s precision
+    /// ([`crate::amp`]: products in half precision, everything else in f32).
+    pub fn forward_cast(&self, x: Tensor<B, 4>, cast: Autocast) -> Tensor<B, 2> {
+        let x = amp::conv2d(&self.conv1, x, cast);
         let x = self.bn1.forward(x);
         let mut x = prelu(x, self.prelu.alpha.val());
         for block in self
@@ -265,12 +277,12 @@ impl<B: Backend> IResNet<B> {
             .chain(&self.layer3)
             .chain(&self.layer4)
         {
-            x = block.forward(x);
+            x = block.forward_cast(x, cast);
         }
         let x = self.bn2.forward(x);
         let x: Tensor<B, 2> = x.flatten(1, 3);
         let x = self.dropout.forward(x);
-        let x = self.fc.forward(x);
+        let x = amp::linear(&self.fc, x, cast);
         self.features.forward(x)
     }
 

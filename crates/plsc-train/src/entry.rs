@@ -623,6 +623,17 @@ impl Entry {
         crate::run_dir::write_atomically(path, text.as_bytes())
     }
 
+    /// The verification sets used when the settings name none.
+    pub fn default_val_targets() -> Vec<String> {
+        Self::default().val_targets
+    }
+
+    /// Whether [`Entry::val_targets`] are the defaults (the settings named none, or named
+    /// exactly those).
+    pub fn uses_default_val_targets(&self) -> bool {
+        self.val_targets == Self::default_val_targets()
+    }
+
     /// Resolves the verification sets to paths (see [`Entry::val_targets`]).
     pub fn val_paths(&self) -> Vec<PathBuf> {
         let dir = self

@@ -14,6 +14,13 @@ pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'st
     /// Training-mode forward: images `[N, C, S, S]` -> embeddings `[N, D]`.
     fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 2>;
 
+    /// [`Self::embed`] with the products in `cast`'s precision (mixed precision on the device;
+    /// [`plsc_models::amp`]). Models without half-precision layers run [`Self::embed`].
+    fn embed_cast(&self, images: Tensor<B, 4>, cast: plsc_models::amp::Autocast) -> Tensor<B, 2> {
+        let _ = cast;
+        self.embed(images)
+    }
+
     /// Evaluation-mode forward of the inner (non-autodiff) module.
     fn embed_valid(
         inner: &Self::InnerModule,
@@ -56,6 +63,10 @@ pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'st
 impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
     fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         self.forward(images)
+    }
+
+    fn embed_cast(&self, images: Tensor<B, 4>, cast: plsc_models::amp::Autocast) -> Tensor<B, 2> {
+        self.forward_cast(images, cast)
     }
 
     fn embed_valid(

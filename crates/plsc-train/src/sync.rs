@@ -277,14 +277,26 @@ impl<B: Backend> DeviceGrads<B> {
         Ok(())
     }
 
-    /// The L2 norm of the gradients (summed on the device in f32, returned as f64).
+    /// The L2 norm of the gradients, reduced on the device in f32 without overflow: the
+    /// gradients are still multiplied by the loss scale (up to 2^24 and more), whose squares
+    /// overflow f32, so the sum of squares is taken of `v / max|v|` and scaled back
+    /// (`max|v| * sqrt(sum (v / max|v|)^2)`).
     pub fn norm(&self) -> f64 {
-        let sq = self.values.clone().square().sum();
-        sq.into_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .map_or(f64::NAN, |v| v.first().copied().unwrap_or(f64::NAN))
-            .sqrt()
+        let scalar = |t: Tensor<B, 1>| {
+            t.into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .map_or(f64::NAN, |v| v.first().copied().unwrap_or(f64::NAN))
+        };
+        if self.values.dims()[0] == 0 {
+            return 0.0;
+        }
+        let max = scalar(self.values.clone().abs().max());
+        if max == 0.0 || !max.is_finite() {
+            return max;
+        }
+        let sq = scalar(self.values.clone().div_scalar(max as f32).square().sum());
+        max * sq.sqrt()
     }
 
     /// Whether every gradient is finite.

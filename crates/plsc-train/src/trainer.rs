@@ -15,9 +15,10 @@
 //! other ranks' are never read, which is what broadcasting rank 0's before evaluation and
 //! saving amounts to).
 //!
-//! Mixed precision on this backend keeps the backbone in f32 (burn-flex's f16 autodiff is not
-//! relied on); the head's products use f16 operands with f32 accumulation, and the loss
-//! scaling, skipping and counters run exactly as on a GPU.
+//! Mixed precision: the head's products use f16 operands with f32 accumulation, with dynamic
+//! loss scaling that skips non-finite steps. On the device placement (GPUs) the backbone's
+//! convolutions and linear layer run in f16 too ([`plsc_models::amp`]: casts at layer
+//! boundaries, f32 master weights); on the host placement (the CPU) the backbone stays f32.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -448,6 +449,14 @@ where
                 .with_weight_decay(entry.weight_decay),
         );
     let placement = entry.placement()?;
+    // Mixed precision on the device also runs the backbone's products in f16 (on the host
+    // placement the backbone stays f32: burn-flex's f16 kernels are slower than its f32 ones).
+    let autocast = match placement {
+        crate::device::Placement::Device if entry.mixed_precision => {
+            plsc_models::amp::Autocast::F16
+        }
+        _ => plsc_models::amp::Autocast::Off,
+    };
     let mut head =
         RankHead::<B::InnerBackend>::new(placement, head_cfg, rank, comm.world_size(), device)
             .map_err(head_err)?;
@@ -521,7 +530,7 @@ where
         let t1 = Instant::now();
 
         // 2. forward (the next batch's copy is queued behind it)
-        let emb = model.embed(x);
+        let emb = model.embed_cast(x, autocast);
         let t_fwd = Instant::now();
         if step + 1 < plan.total_steps {
             ahead = Some(fetch::<B>(

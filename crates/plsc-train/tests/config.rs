@@ -108,3 +108,38 @@ fn bad_files_and_settings_are_named() {
         .unwrap_err();
     assert!(matches!(err, TrainError::Config { .. }), "{err}");
 }
+
+#[test]
+fn a_missing_default_verification_set_says_it_is_a_default_and_how_to_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Entry::new().with_dataset_dir(dir.path());
+    assert!(e.uses_default_val_targets());
+    let err = plsc_train::val_sets::load_val_sets(&e)
+        .err()
+        .expect("no lfw.bin here");
+    let text = err.to_string();
+    for part in [
+        "setting `val_targets`",
+        &format!("{:?}", Entry::default_val_targets()),
+        "default targets",
+        "val_targets = []",
+        &dir.path().join("lfw.bin").display().to_string(),
+    ] {
+        assert!(text.contains(part), "{part:?} not in: {text}");
+    }
+
+    // Sets named in the settings: the plain error naming the file, no word about defaults.
+    let e = e.with_val_targets(vec!["mine".into()]);
+    let text = plsc_train::val_sets::load_val_sets(&e)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("mine.bin") && !text.contains("default"),
+        "{text}"
+    );
+
+    // No verification sets: nothing to load.
+    let e = e.with_val_targets(vec![]);
+    assert!(plsc_train::val_sets::load_val_sets(&e).unwrap().is_empty());
+}

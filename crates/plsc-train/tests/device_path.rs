@@ -401,3 +401,42 @@ fn both_heads_sample_the_same_classes() {
         assert!(r < 1e-4, "weights differ by {r}");
     }
 }
+
+/// Mixed precision (the head's products in f16, the gradient held until the step is known to
+/// be finite, dynamic loss scaling starting high enough to overflow and skip steps): the
+/// device path follows the CPU kernel, skipped steps included.
+#[test]
+fn mixed_precision_device_path_follows_the_cpu_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = |p| {
+        entry(2, 0.1, p)
+            .with_mixed_precision(true)
+            .with_loss_scale(plsc_train::LossScaleConfig {
+                init_loss_scaling: 1e38,
+                incr_every_n_steps: 4,
+                ..plsc_train::LossScaleConfig::default()
+            })
+    };
+    let host = run(
+        &mixed(PlacementChoice::Host),
+        Target::None,
+        0,
+        Start::Fresh,
+        &dir.path().join("host"),
+    );
+    let dev = run(
+        &mixed(PlacementChoice::Device),
+        Target::None,
+        0,
+        Start::Fresh,
+        &dir.path().join("device"),
+    );
+    assert!(host.skipped_steps > 0, "the scale never overflowed");
+    assert_eq!(dev.skipped_steps, host.skipped_steps);
+    assert_eq!(dev.loss_scale, host.loss_scale);
+    let diff = max_rel_diff(&dev.losses, &host.losses);
+    assert!(
+        diff < TOLERANCE,
+        "mixed precision: losses differ by {diff:e}"
+    );
+}
