@@ -15,6 +15,7 @@
 //! - Replicas: `clone()` shares BatchNorm running statistics (burn's `RunningState` is an
 //!   `Arc`); [`Backbone::fresh_replica`] does not.
 
+pub mod amp;
 pub mod clip;
 pub mod error;
 pub mod grad;

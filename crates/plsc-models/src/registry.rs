@@ -271,6 +271,21 @@ impl<B: Backend> Backbone<B> {
         }
     }
 
+    /// The forward pass with the products in `cast`'s precision ([`crate::amp`]; mixed
+    /// precision). IResNets cast their convolutions and their linear layer; MobileFaceNet's
+    /// depthwise layers stay in f32 (`cast` is ignored there).
+    pub fn forward_cast(&self, x: Tensor<B, 4>, cast: crate::amp::Autocast) -> Tensor<B, 2> {
+        match &self.net {
+            Network::IResNet(m) => m.forward_cast(x, cast),
+            Network::MobileFaceNet(m) => m.forward(x),
+        }
+    }
+
+    /// Whether [`Self::forward_cast`] casts anything for this architecture.
+    pub fn supports_autocast(&self) -> bool {
+        matches!(self.net, Network::IResNet(_))
+    }
+
     /// The forward pass, after checking that `x` is `[N >= 1, in_channels, S, S]`.
     pub fn try_forward(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 2>> {
         let [n, c, h, w] = x.dims();
