@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Most images waiting for a worker (503 with Retry-After above).
     #[arg(long, default_value_t = 1024)]
     max_queue: usize,
+    /// Where the backbone runs: `cpu`, or `cuda` / `cuda:N` (a GPU; the command line built
+    /// with `--features cuda`). Decoding stays on the CPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Runs `cargo xtask serve`.
@@ -69,6 +73,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         max_images_per_request: args.max_images,
         request_timeout: Duration::from_secs_f64(args.timeout_s),
         max_queue_images: args.max_queue,
+        device: args.device.parse()?,
         ..ServeConfig::default()
     };
     let addr = SocketAddr::new(args.addr, args.port);

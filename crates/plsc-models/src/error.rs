@@ -16,6 +16,14 @@ pub enum ModelError {
     /// A configuration value is out of range.
     #[error("invalid backbone configuration: {0}")]
     InvalidConfig(String),
+    /// A device setting names no device, or one this build lacks.
+    #[error("device `{device}`: {detail}")]
+    Device {
+        /// The setting as given.
+        device: String,
+        /// What is wrong and what to do.
+        detail: String,
+    },
     /// A tensor handed to the model has the wrong shape.
     #[error("tensor `{tensor}` has shape {found:?}, expected {expected}")]
     BadInput {

@@ -17,6 +17,7 @@
 
 pub mod amp;
 pub mod clip;
+pub mod device;
 pub mod error;
 pub mod grad;
 pub mod iresnet;

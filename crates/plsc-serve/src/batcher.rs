@@ -16,12 +16,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use plsc_data::decode::ImageSpec;
-use plsc_models::Backbone;
 use tokio::sync::oneshot;
 
 use crate::error::{Result, ServeError};
 use crate::metrics::Metrics;
-use crate::model::{ServeBackend, ServeModel, forward};
+use crate::model::{ServeModel, ServeNet};
 
 /// One request's images, preprocessed.
 pub(crate) struct Job {
@@ -212,7 +211,7 @@ impl Intake {
 
 /// Gathers and runs batches until the channel is closed and drained.
 fn worker_loop(
-    backbone: &Backbone<ServeBackend>,
+    backbone: &ServeNet,
     intake: &Mutex<Intake>,
     metrics: &Metrics,
     settings: &WorkerSettings,
@@ -239,7 +238,7 @@ fn worker_loop(
 
 /// Runs one batch and answers each of its jobs.
 fn run_batch(
-    backbone: &Backbone<ServeBackend>,
+    backbone: &ServeNet,
     jobs: Vec<Job>,
     metrics: &Metrics,
     settings: &WorkerSettings,
@@ -268,7 +267,7 @@ fn run_batch(
         let n = chunk.len() / numel;
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            forward(backbone, &settings.spec, chunk, n)
+            backbone.forward(&settings.spec, chunk, n)
         }));
         metrics.record_batch(requests, n, started.elapsed());
         match result {

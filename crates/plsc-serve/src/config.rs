@@ -27,6 +27,9 @@ pub struct ServeConfig {
     /// Most images waiting for a worker; a request that would exceed it gets 503 with
     /// `Retry-After`.
     pub max_queue_images: usize,
+    /// Where the backbone runs: the CPU (burn-flex), or a GPU (burn-cuda, feature `cuda`);
+    /// decoding and preprocessing stay on the CPU.
+    pub device: plsc_models::device::Device,
 }
 
 impl Default for ServeConfig {
@@ -42,6 +45,7 @@ impl Default for ServeConfig {
             max_image_pixels: 4096 * 4096,
             request_timeout: Duration::from_secs(30),
             max_queue_images: 1024,
+            device: plsc_models::device::Device::Cpu,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use plsc_data::decode::ImageSpec;
+use plsc_models::device::Device;
 use plsc_models::{Backbone, BackboneConfig};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,12 @@ pub struct ModelInfo {
 #[derive(Debug)]
 pub struct ServeModel {
     backbone: Backbone<ServeBackend>,
+    /// The backbone on the GPU the server runs on (`ServeConfig::device`).
+    #[cfg(feature = "cuda")]
+    gpu: Option<(
+        Backbone<burn::backend::Cuda>,
+        burn::backend::cuda::CudaDevice,
+    )>,
     image: ImageSpec,
     info: ModelInfo,
     source: PathBuf,
@@ -50,8 +57,14 @@ pub struct ServeModel {
 
 impl ServeModel {
     /// Loads an exported model directory (`model.json` + `backbone.safetensors`, as
-    /// `cargo xtask export` writes it); sizes and checksum are verified by plsc-ckpt.
+    /// `cargo xtask export` writes it) for the CPU; sizes and checksum are verified by
+    /// plsc-ckpt.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, Device::Cpu)
+    }
+
+    /// [`Self::load`], with the backbone also on `device` (a GPU: the workers run there).
+    pub fn load_on(dir: &Path, on: Device) -> Result<Self> {
         let exported = plsc_ckpt::load_exported(dir).map_err(|source| ServeError::LoadModel {
             dir: dir.to_path_buf(),
             source: Box::new(source),
@@ -112,10 +125,34 @@ impl ServeModel {
             source_step: exported.source_step,
             parameters: backbone.param_count(),
         };
+        #[cfg(feature = "cuda")]
+        let gpu = match on {
+            Device::Cpu => None,
+            Device::Cuda(index) => {
+                let dev = burn::backend::cuda::CudaDevice::new(index.unwrap_or(0));
+                let on_gpu: Backbone<burn::backend::Cuda> = config
+                    .init(&dev)
+                    .map_err(model_err(format!(
+                        "building {} on the GPU",
+                        spec.architecture
+                    )))?
+                    .load_tensors(&tensors, &label)
+                    .map_err(model_err(format!("loading {label} onto the GPU")))?;
+                Some((on_gpu, dev))
+            }
+        };
+        #[cfg(not(feature = "cuda"))]
+        if let Device::Cuda(_) = on {
+            return Err(ServeError::Config(format!(
+                "device {on}: this build has no CUDA backend (build with the `cuda` feature)"
+            )));
+        }
         tracing::info!(model = %dir.display(), architecture = %info.architecture,
-            embedding_size = info.embedding_size, "loaded model");
+            embedding_size = info.embedding_size, device = %on, "loaded model");
         Ok(Self {
             backbone,
+            #[cfg(feature = "cuda")]
+            gpu,
             image,
             info,
             source: dir.to_path_buf(),
@@ -137,9 +174,13 @@ impl ServeModel {
         &self.source
     }
 
-    /// An independent copy of the model for another worker thread.
-    pub(crate) fn replica(&self) -> Backbone<ServeBackend> {
-        self.backbone.fresh_replica()
+    /// An independent copy of the model for another worker thread, on the server's device.
+    pub(crate) fn replica(&self) -> ServeNet {
+        #[cfg(feature = "cuda")]
+        if let Some((b, dev)) = &self.gpu {
+            return ServeNet::Cuda(b.fresh_replica(), dev.clone());
+        }
+        ServeNet::Cpu(self.backbone.fresh_replica())
     }
 
     /// The backbone itself (for callers that want to run it outside the server).
@@ -180,17 +221,40 @@ pub fn image_spec(
     })
 }
 
-/// Runs `backbone` on `n` preprocessed images (`images` holds `n` CHW images in a row) and
-/// returns `n * D` values, one embedding per image, in order.
-pub(crate) fn forward(
-    backbone: &Backbone<ServeBackend>,
+/// A worker's backbone on the server's device.
+#[derive(Debug)]
+pub(crate) enum ServeNet {
+    /// On the CPU (burn-flex).
+    Cpu(Backbone<ServeBackend>),
+    /// On a GPU (burn-cuda).
+    #[cfg(feature = "cuda")]
+    Cuda(
+        Backbone<burn::backend::Cuda>,
+        burn::backend::cuda::CudaDevice,
+    ),
+}
+
+impl ServeNet {
+    /// Runs the backbone on `n` preprocessed images (`images` holds `n` CHW images in a row)
+    /// and returns `n * D` values, one embedding per image, in order.
+    pub(crate) fn forward(&self, spec: &ImageSpec, images: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        match self {
+            Self::Cpu(b) => forward_on(b, &Default::default(), spec, images, n),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(b, dev) => forward_on(b, dev, spec, images, n),
+        }
+    }
+}
+
+fn forward_on<B: burn::tensor::backend::Backend>(
+    backbone: &Backbone<B>,
+    device: &B::Device,
     spec: &ImageSpec,
     images: Vec<f32>,
     n: usize,
 ) -> Result<Vec<f32>> {
     let shape = [n, spec.channels, spec.height as usize, spec.width as usize];
-    let device = Default::default();
-    let x = Tensor::<ServeBackend, 4>::from_data(TensorData::new(images, shape), &device);
+    let x = Tensor::<B, 4>::from_data(TensorData::new(images, shape), device);
     let y = backbone
         .try_forward(x)
         .map_err(|source| ServeError::Model {
@@ -198,6 +262,7 @@ pub(crate) fn forward(
             source: Box::new(source),
         })?;
     y.into_data()
+        .convert::<f32>()
         .into_vec::<f32>()
         .map_err(|e| ServeError::Inference(format!("reading the embeddings: {e:?}")))
 }

@@ -352,7 +352,7 @@ pub fn serve_blocking(
     addr: SocketAddr,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    let model = ServeModel::load(model_dir)?;
+    let model = ServeModel::load_on(model_dir, config.device)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("plsc-serve-http")
         .enable_all()

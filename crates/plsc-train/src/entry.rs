@@ -444,7 +444,15 @@ impl Entry {
     /// The head's operand precision: f16 under mixed precision, else f32.
     /// The parsed [`Entry::device`].
     pub fn device(&self) -> Result<crate::device::Device> {
-        self.device.parse()
+        self.device.parse().map_err(|e| match e {
+            plsc_models::ModelError::Device { device, detail } => {
+                TrainError::DeviceUnavailable { device, detail }
+            }
+            other => TrainError::Config {
+                name: "device",
+                detail: other.to_string(),
+            },
+        })
     }
 
     /// Where the head runs: [`Entry::head_placement`], `auto` resolved by the device.
