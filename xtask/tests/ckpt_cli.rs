@@ -141,3 +141,52 @@ fn reshard_and_export_from_the_command_line() {
     assert_eq!(model.tensors, tensors);
     assert_eq!(model.source_step, 12);
 }
+
+#[test]
+fn reshard_refuses_its_own_source_and_export_says_what_it_did_not_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("run");
+    write_checkpoint(&root);
+    let step = root.join("step-000000012");
+    let before: Vec<_> = std::fs::read_dir(&step).unwrap().collect();
+
+    // --out the source checkpoint itself: refused, nothing written inside it.
+    let o = xtask(&[
+        "reshard",
+        "--ckpt",
+        step.to_str().unwrap(),
+        "--ranks",
+        "3",
+        "--out",
+        step.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("is or lies inside the source checkpoint"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&step).unwrap().count(), before.len());
+
+    // Export of a step directory whose head shard is corrupt: it succeeds (it reads only the
+    // backbone) and says which files it did not verify.
+    let shard = step.join("head.rank2.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    let o = xtask(&[
+        "export",
+        "--ckpt",
+        step.to_str().unwrap(),
+        "--out",
+        tmp.path().join("model").to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("not verified (export reads only the backbone): 4 file(s)")
+            && out.contains(&shard.display().to_string()),
+        "{out}"
+    );
+}

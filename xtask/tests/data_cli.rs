@@ -87,3 +87,43 @@ fn synth_split_inspect() {
         "{text}"
     );
 }
+
+#[test]
+fn an_empty_part_fails_inspect_and_shuffle_split_which_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("part-00000.txt");
+    std::fs::write(&empty, "").unwrap();
+    let out = xtask()
+        .args(["data", "inspect"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "inspect of an empty part exits 0");
+    assert!(
+        err.contains(&format!("part file {}: no samples", empty.display())),
+        "{err}"
+    );
+
+    let out = xtask()
+        .args([
+            "data",
+            "shuffle-split",
+            "--parts",
+            "2",
+            "--no-progress",
+            "--input",
+        ])
+        .arg(&empty)
+        .arg("--output")
+        .arg(dir.path().join("new1/new2/out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("part-00000.txt: no samples"), "{err}");
+    assert!(
+        !dir.path().join("new1").exists(),
+        "the failed run left new1/"
+    );
+}
