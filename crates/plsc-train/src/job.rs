@@ -67,7 +67,24 @@ pub struct RunSummary {
     pub images_per_sec: f64,
 }
 
+/// Decoder threads of a rank's stream: `data_threads`, and on a GPU at least this process's
+/// share of the host's cores (a GPU step takes a few milliseconds; one decoder thread would
+/// keep it waiting). The decoded batches are the same for any thread count.
+fn decode_threads(data_threads: usize, gpu: bool) -> usize {
+    if !gpu {
+        return data_threads.max(1);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let processes = std::env::var("LOCAL_WORLD_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    data_threads.max(cores / processes).max(1)
+}
+
 fn stream_config(entry: &Entry, rank: usize) -> StreamConfig {
+    let gpu = matches!(entry.device(), Ok(Device::Cuda(_)));
     StreamConfig {
         rank,
         world: entry.ranks,
@@ -80,10 +97,10 @@ fn stream_config(entry: &Entry, rank: usize) -> StreamConfig {
             ..ImageSpec::default()
         },
         flip: entry.flip,
-        prefetch: 2,
+        prefetch: if gpu { 4 } else { 2 },
         classes: Some(entry.num_classes as u64),
         skip_bad: false,
-        threads: Some(entry.data_threads.max(1)),
+        threads: Some(decode_threads(entry.data_threads, gpu)),
     }
 }
 
