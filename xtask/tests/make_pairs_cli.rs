@@ -129,11 +129,13 @@ fn make_pairs_is_read_back_by_eval_with_the_split_it_printed() {
     let folder = dir.path().join("faces");
     identity_folder(&folder, &[4, 3, 1, 5, 1, 3]);
     let set = dir.path().join("mine.bin");
-    let text = ok(&make_pairs(&folder, "20", "3", &set, &[]));
+    // An odd count: the split is 11 genuine, 10 impostor, so a swapped count shows.
+    let text = ok(&make_pairs(&folder, "21", "3", &set, &[]));
     let split = numbers_on(&text, "pairs:");
     let (pairs, genuine, impostor) = (split[0], split[1], split[2]);
-    assert_eq!(pairs, 20, "{text}");
+    assert_eq!(pairs, 21, "{text}");
     assert_eq!(genuine + impostor, pairs, "{text}");
+    assert_eq!(genuine, impostor + 1, "{text}");
     assert!(
         text.contains("notes.txt"),
         "the stray file is listed:\n{text}"
@@ -149,10 +151,10 @@ fn make_pairs_is_read_back_by_eval_with_the_split_it_printed() {
 
     // The same seed gives the same bytes; another seed other pairs.
     let again = dir.path().join("again.bin");
-    ok(&make_pairs(&folder, "20", "3", &again, &[]));
+    ok(&make_pairs(&folder, "21", "3", &again, &[]));
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&set).unwrap());
     let other = dir.path().join("other.bin");
-    ok(&make_pairs(&folder, "20", "4", &other, &[]));
+    ok(&make_pairs(&folder, "21", "4", &other, &[]));
     let (a, b) = (
         plsc_eval::read_bin(&set).unwrap(),
         plsc_eval::read_bin(&other).unwrap(),
@@ -162,11 +164,11 @@ fn make_pairs_is_read_back_by_eval_with_the_split_it_printed() {
 
     // An existing file is not replaced without --overwrite.
     let before = std::fs::read(&other).unwrap();
-    let out = make_pairs(&folder, "20", "3", &other, &[]);
+    let out = make_pairs(&folder, "21", "3", &other, &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
     assert_eq!(std::fs::read(&other).unwrap(), before);
-    ok(&make_pairs(&folder, "20", "3", &other, &["--overwrite"]));
+    ok(&make_pairs(&folder, "21", "3", &other, &["--overwrite"]));
     assert_eq!(std::fs::read(&other).unwrap(), std::fs::read(&set).unwrap());
 
     // The images are 40x28: eval brings them to 28x28 by the policy model.json records, or
