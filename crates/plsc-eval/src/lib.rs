@@ -1,7 +1,8 @@
 //! Verification for plsc-rs: InsightFace `.bin` pair sets, 10-fold accuracy with the flip test,
 //! TAR at a fixed FAR and XNorm.
 //!
-//! A leaf crate: it takes an embedding function ([`Embedder`]), so it needs no model. `train`
+//! It takes an embedding function ([`Embedder`]), so it needs no model; from plsc-data it uses
+//! the resize policy ([`Resize`], one image pipeline with training and the server). `train`
 //! calls it.
 //!
 //! * [`metrics`]: InsightFace's `calculate_roc` / `calculate_val` (10 contiguous folds, thresholds
@@ -9,10 +10,11 @@
 //! * [`bin_file`]: read and write `.bin` pair sets (a pickle of `(images, issame)`).
 //! * [`pair_set`]: decode a pair set to the model input; NCHW batches, plain and flipped.
 //! * [`embed`]: the flip test with an [`Embedder`].
-//! Our own pair sets are drawn by plsc-data's builder (`plsc_data::pairs`) and written by
-//! [`write_bin`].
 //! * [`embeddings_file`]: given embeddings (safetensors) and labels (JSON), for
 //!   `cargo xtask eval --embeddings`.
+//!
+//! Our own pair sets are drawn by plsc-data's builder (`plsc_data::pairs`) and written by
+//! [`write_bin`].
 
 pub mod bin_file;
 pub mod embed;
