@@ -155,7 +155,7 @@ impl LineIndex {
             .find(|(f, base)| {
                 let end = **base + f.bytes().len() as u64;
                 let k = self.starts.partition_point(|s| s < base);
-                !self.starts.get(k).is_some_and(|s| *s < end)
+                self.starts.get(k).is_none_or(|s| *s >= end)
             })
             .map(|(f, _)| f.path.as_path())
     }
