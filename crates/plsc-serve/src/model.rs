@@ -148,7 +148,9 @@ impl ServeModel {
             )));
         }
         tracing::info!(model = %dir.display(), architecture = %info.architecture,
-            embedding_size = info.embedding_size, device = %on, "loaded model");
+            embedding_size = info.embedding_size, device = %on, mean = ?info.mean,
+            std = ?info.std, preprocessing = exported.preprocessing_source.name(),
+            "loaded model (input: (pixel - mean) / std, RGB)");
         Ok(Self {
             backbone,
             #[cfg(feature = "cuda")]
