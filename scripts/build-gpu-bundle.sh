@@ -2,10 +2,12 @@
 # Builds, on a machine without CUDA, everything scripts/gpu-check.sh runs on a GPU machine
 # without Rust, into one folder (default target/gpu-bundle) that a later session carries:
 #
-#   xtask.gz                `cargo build -p xtask --features cuda,nccl` (bench head --backend cuda)
+#   xtask.gz                `cargo build -p xtask --features cuda,nccl` (train/serve --device
+#                           cuda, bench train --device cuda, bench head --backend cuda)
 #   plsc-comm-lib-tests.gz  plsc-comm's unit tests with feature `nccl`
 #   plsc-comm-nccl-tests.gz crates/plsc-comm/tests/nccl.rs (the collective suite at world 1)
-#   gpu-check.sh            the script that runs them
+#   gpu-check.sh            the script that runs them (from the repository root, which holds the
+#                           shipped data, the PyTorch peer and the CPU reference curve)
 #   MANIFEST.txt            commit, date, sizes, sha256
 #
 # The binaries are stripped (debug info and symbols: panic messages stay, backtraces lose their

@@ -1,23 +1,40 @@
 #!/usr/bin/env bash
-# One call on a machine with one NVIDIA GPU (CUDA driver, NCCL e.g. from PyTorch's wheels; no
-# Rust needed): runs the plsc-comm NCCL collective suite at world size 1 and the head benchmark
-# on the GPU, from binaries built elsewhere by scripts/build-gpu-bundle.sh, and prints the
-# block that docs/distributed.md (NCCL) and docs/benchmarks.md record.
+# One call on a machine with one NVIDIA GPU (CUDA driver, NCCL and PyTorch e.g. from pip
+# wheels; no Rust needed), from binaries built elsewhere by scripts/build-gpu-bundle.sh, run
+# from the repository root (the shipped data and the peer script are read from there):
 #
-#   scripts/gpu-check.sh [BUNDLE_DIR]    (default: this script's own folder, i.e. run it from
-#                                          inside the bundle: gpu-bundle/gpu-check.sh)
+#   (a) the plsc-comm NCCL collective suite at world size 1;
+#   (b) `xtask bench train --device cuda`: iresnet50, batch 128, 112x112 synthetic images,
+#       C = 100k (r = 1) and C = 1M (r = 0.1), f32 and mixed: images/s and the peak GPU memory
+#       the driver reports for the process;
+#   (c) 200 steps of the shipped job on the GPU, its loss curve against the committed CPU run
+#       (scripts/gpu-reference/fmnist_cpu_losses.json, tolerance stated there);
+#   (d) the PyTorch peer (scripts/peers/arcface_torch_peer.py: arcface_torch's iresnet50 +
+#       PartialFC_V2 with AMP) on the same GPU, same batch and classes, same two figures.
 #
-# Environment: BENCH_CASES (default "100000:1:default,1000000:1:default,1000000:0.1:default"),
-# BENCH_ITERS (default 5), SKIP_BENCH=1 to run the collectives only; the bench's JSON is also
-# written to $OUT/bench-head-cuda.json when OUT names a folder (the device runner's).
-# Exit status: non-zero when any step failed; every step still runs and reports.
+# Every part has its own time limit, and its results are written to $OUT (or a temp folder)
+# as soon as it finishes; the whole script stays under 5 minutes. At the end it prints the
+# block that docs/benchmarks.md and docs/distributed.md record.
+#
+#   scripts/gpu-check.sh [--smoke] [BUNDLE_DIR]   (default bundle: this script's own folder)
+#
+# --smoke: at most 2 minutes, to try first: the unit tests of the NCCL backend, a tiny
+# `bench train --device cuda` (iresnet_tiny) and 5 steps of the shipped job on the GPU.
+# Environment: PARTS (default "a b c d"), STEPS (bench steps, default 5).
+# Exit status: non-zero when any part failed; every part still runs and reports.
 set -uo pipefail
 
+SMOKE=0
+if [[ "${1:-}" == "--smoke" ]]; then SMOKE=1; shift; fi
 BUNDLE=${1:-$(cd "$(dirname "$0")" && pwd)}
 BUNDLE=$(cd "$BUNDLE" && pwd)
+REPO=$(pwd)
 STATUS=0
 SUMMARY=()
 note() { SUMMARY+=("$*"); echo "== $*"; }
+RESULTS=${OUT:-$(mktemp -d /tmp/plsc-gpu-results.XXXXXX)}
+mkdir -p "$RESULTS"
+note "results: $RESULTS"
 
 # The binaries travel gzip-compressed (plain ones are taken as they are).
 BIN=$(mktemp -d /tmp/plsc-gpu-bin.XXXXXX)
@@ -114,53 +131,127 @@ else
     note "CUDA headers: ${CUDA_PATH:-/usr/local/cuda or /opt/cuda or /usr}"
 fi
 
-# --- the collective suite ----------------------------------------------------------------
-run_tests() { # label binary
-    local label=$1 bin=$2 log
-    log=$(mktemp /tmp/plsc-gpu-test.XXXXXX)
+# --- (a) the collective suite --------------------------------------------------------------
+run_tests() { # label binary limit [filter]
+    local label=$1 bin=$2 limit=$3 filter=${4:-} log
+    log="$RESULTS/$(echo "$label" | tr -c 'a-zA-Z0-9' '-').log"
     echo "== $label: $bin"
-    PLSC_NCCL_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout 300 "$bin" --test-threads=1 --nocapture 2>&1 | tee "$log"
-    local rc=${PIPESTATUS[0]}
+    PLSC_NCCL_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout "$limit" "$bin" $filter --test-threads=1 --nocapture >"$log" 2>&1
+    local rc=$?
+    cat "$log"
     local result
     result=$(grep -E '^test result:' "$log" | tail -1)
     note "$label: exit $rc; ${result:-no test summary}"
     grep -E 'NCCL .*suite checked' "$log" | while read -r line; do note "  $line"; done
     grep -E '^test .* FAILED$|panicked at' "$log" | head -20 | while read -r line; do note "  $line"; done
-    rm -f "$log"
     [[ $rc -eq 0 ]] || STATUS=1
 }
-run_tests "plsc-comm unit tests (nccl feature)" "$TESTS_LIB"
-run_tests "plsc-comm NCCL tests, world size 1" "$TESTS_NCCL"
 
-# --- the head benchmark on the GPU -------------------------------------------------------
-if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
-    CASES=${BENCH_CASES:-100000:1:default,1000000:1:default,1000000:0.1:default}
-    ITERS=${BENCH_ITERS:-5}
-    BENCH_JSON="${OUT:-$BIN}/bench-head-cuda.json"
-    echo "== bench head --backend cuda --cases $CASES --iters $ITERS"
-    if timeout 400 "$XTASK" bench head --backend cuda --cases "$CASES" --iters "$ITERS" >"$BENCH_JSON.tmp"; then
-        mv "$BENCH_JSON.tmp" "$BENCH_JSON"
-        cat "$BENCH_JSON"
-        note "bench head --backend cuda: $BENCH_JSON"
-        if [[ -n "$PY" ]]; then
-            "$PY" - "$BENCH_JSON" <<'EOF' | while read -r line; do note "  $line"; done
+PY=${PY:-$(command -v python3 || true)}
+PARTS=${PARTS:-a b c d}
+STEPS=${STEPS:-5}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+
+# Prints one line per bench/peer JSON file: the figures the docs record.
+summarise() { # file
+    [[ -n "$PY" && -f "$1" ]] || return 0
+    "$PY" - "$1" <<'PYEOF' | while read -r line; do note "  $line"; done
 import json, sys
 r = json.load(open(sys.argv[1]))
-for c in r.get("cases", []):
-    print(f"classes {c['classes']} ratio {c['sample_ratio']}: step median "
-          f"{c['step_seconds_median'] * 1e3:.2f} ms, {c['achieved_gflops']:.0f} GFLOP/s, "
-          f"loss {c['loss_first']:.4f} -> {c['loss_last']:.4f}")
-EOF
+mem = r.get("gpu_peak_memory_mib")
+mem = f"{mem:.0f} MiB" if mem is not None else "n/a"
+if r.get("bench") == "train":
+    print(f"plsc-rs {r['model']} C={r['classes']} r={r['sample_ratio']} "
+          f"{'mixed' if r['mixed_precision'] else 'f32'}: {r['global_images_per_second']:.1f} images/s, "
+          f"peak GPU memory {mem} (step {r['step_seconds_median'] * 1e3:.1f} ms)")
+else:
+    print(f"arcface_torch {r['model']} C={r['classes']} r={r['sample_ratio']} "
+          f"{'amp' if r['amp'] else 'f32'}: {r['images_per_second']:.1f} images/s, peak GPU memory {mem}")
+PYEOF
+}
+
+bench() { # name limit args...
+    local name=$1 limit=$2
+    shift 2
+    echo "== bench train --device cuda $*"
+    if timeout "$limit" "$XTASK" bench train --device cuda --ranks 1 "$@" >"$RESULTS/$name.json.tmp" 2>"$RESULTS/$name.log"; then
+        mv "$RESULTS/$name.json.tmp" "$RESULTS/$name.json"
+        summarise "$RESULTS/$name.json"
+    else
+        note "bench train $*: FAILED or timed out (exit $?; log $RESULTS/$name.log)"
+        tail -5 "$RESULTS/$name.log"
+        STATUS=1
+    fi
+}
+
+peer() { # name limit args...
+    local name=$1 limit=$2
+    shift 2
+    if [[ -z "$PY" ]] || ! "$PY" -c 'import torch' 2>/dev/null; then
+        note "peer $name: no python3 with torch here"
+        STATUS=1
+        return
+    fi
+    echo "== peer $*"
+    if timeout "$limit" "$PY" "$REPO/scripts/peers/arcface_torch_peer.py" "$@" >"$RESULTS/$name.json.tmp" 2>"$RESULTS/$name.log"; then
+        mv "$RESULTS/$name.json.tmp" "$RESULTS/$name.json"
+        summarise "$RESULTS/$name.json"
+    else
+        note "peer $*: FAILED or timed out (exit $?; log $RESULTS/$name.log)"
+        tail -5 "$RESULTS/$name.log"
+        STATUS=1
+    fi
+}
+
+# The shipped job on the GPU: `steps` steps at global batch 128 on one GPU (the CPU job runs 2
+# rank threads of 64; one GPU is one rank of 128, the same global batch).
+shipped_job() { # steps limit
+    local steps=$1 limit=$2 dir="$RESULTS/shipped-job"
+    mkdir -p "$dir"
+    echo "== train --device cuda (the shipped job, $steps steps)"
+    if (cd "$REPO" && timeout "$limit" "$XTASK" train --device cuda --ranks 1 --batch-size 128 \
+        --steps "$steps" --with-test false --log-period 10 --no-progress \
+        --model-save-dir "$dir/runs") >"$dir/train.log" 2>&1; then
+        note "shipped job on the GPU, $steps steps: done"
+        local metrics
+        metrics=$(ls "$dir"/runs/*/metrics.jsonl 2>/dev/null | head -1)
+        if [[ -n "$metrics" && -n "$PY" && -f "$REPO/scripts/gpu-reference/compare_losses.py" ]]; then
+            "$PY" "$REPO/scripts/gpu-reference/compare_losses.py" "$metrics" \
+                "$REPO/scripts/gpu-reference/fmnist_cpu_losses.json" >"$dir/compare.txt" 2>&1
+            local rc=$?
+            while read -r line; do note "  $line"; done <"$dir/compare.txt"
+            [[ $rc -eq 0 || $steps -lt 200 ]] || STATUS=1
         fi
     else
-        note "bench head --backend cuda: FAILED (exit $?)"
+        note "shipped job on the GPU: FAILED or timed out (exit $?; log $dir/train.log)"
+        tail -15 "$dir/train.log"
         STATUS=1
-        rm -f "$BENCH_JSON.tmp"
+    fi
+}
+
+if [[ $SMOKE == 1 ]]; then
+    run_tests "plsc-comm unit tests (nccl feature)" "$TESTS_LIB" 40
+    bench smoke-bench 40 --model iresnet_tiny --batch 32 --classes 1000 --steps 3
+    shipped_job 5 40
+else
+    want a && run_tests "(a) plsc-comm NCCL tests, world size 1" "$TESTS_NCCL" 40
+    if want b; then
+        common=(--model iresnet50 --batch 128 --input-size 112 --channels 3 --steps "$STEPS")
+        bench b-100k-f32 35 "${common[@]}" --classes 100000 --sample-ratio 1
+        bench b-100k-mixed 25 "${common[@]}" --classes 100000 --sample-ratio 1 --mixed-precision
+        bench b-1m-f32 30 "${common[@]}" --classes 1000000 --sample-ratio 0.1
+        bench b-1m-mixed 25 "${common[@]}" --classes 1000000 --sample-ratio 0.1 --mixed-precision
+    fi
+    want c && shipped_job 200 65
+    if want d; then
+        pcommon=(--model iresnet50 --batch 128 --input-size 112 --steps "$STEPS" --amp)
+        peer d-100k-amp 28 "${pcommon[@]}" --classes 100000 --sample-ratio 1
+        peer d-1m-amp 27 "${pcommon[@]}" --classes 1000000 --sample-ratio 0.1
     fi
 fi
 
 echo
-echo "================ for docs (docs/distributed.md, NCCL; docs/benchmarks.md) ================"
+echo "================ for docs (docs/benchmarks.md GPU; docs/distributed.md NCCL) ================"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 for line in "${SUMMARY[@]}"; do echo "$line"; done
 echo "overall: $([[ $STATUS -eq 0 ]] && echo PASS || echo FAIL)"

@@ -291,9 +291,10 @@ where
     };
     if let Some(f) = files {
         let how = match entry.device()? {
-            Device::Cpu if hcomm.world_size() > 1 => "rank threads or processes",
-            Device::Cpu => "one rank",
-            Device::Cuda(_) => "GPU processes",
+            Device::Cpu if hcomm.world_size() > 1 => "CPU ranks (threads or processes)",
+            Device::Cpu => "CPU rank",
+            Device::Cuda(_) if hcomm.world_size() > 1 => "GPUs (one process each)",
+            Device::Cuda(_) => "GPU",
         };
         log_start(entry, &plan, &run_dir, how);
         outputs.metrics = Some(f.metrics);
