@@ -45,12 +45,12 @@ pub use export::{
     export_tensors, export_tensors_from, load_exported,
 };
 pub use import::{ImportOptions, Imported, import};
-pub use onnx::{OnnxExport, export_onnx};
 pub use layout::{list_checkpoints, parse_step_dir, step_dir_name};
 pub use load::{BackboneState, Checkpoint, HeadRows, latest_valid, latest_valid_shared};
 pub use manifest::{
     DataPosition, LossScaleState, LrScheduleState, Manifest, ModelSpec, Seeds, TrainingState,
 };
+pub use onnx::{OnnxExport, export_onnx};
 pub use reshard::reshard;
 pub use resume::{
     DAMAGED_SUFFIX, DamagedCheckpoint, ResumeChoice, RootListing, choose_resume, list_root,

@@ -9,7 +9,9 @@
 //!   ones.
 //! - State: tensors are named and shaped as in arcface_torch's `state_dict`
 //!   ([`Backbone::state_layout`], [`Backbone::save_safetensors`],
-//!   [`Backbone::load_arcface_torch`]); see [`state`] for the one-line PyTorch conversion.
+//!   [`Backbone::load_arcface_torch`], which reads arcface_torch's `.pth` itself through
+//!   [`pytorch`], or its safetensors conversion).
+//! - [`onnx`]: the inference graph as an ONNX model (opset 17).
 //! - [`grad`]: backward from the embedding with the head's gradient.
 //! - [`optim`]: SGD-momentum with PyTorch semantics; [`clip`]: global-norm clipping.
 //! - Replicas: `clone()` shares BatchNorm running statistics (burn's `RunningState` is an
@@ -24,8 +26,8 @@ pub mod iresnet;
 mod layers;
 pub mod mobilefacenet;
 pub mod norm;
-pub mod ops;
 pub mod onnx;
+pub mod ops;
 pub mod optim;
 pub mod pytorch;
 pub mod registry;
