@@ -16,14 +16,17 @@ use crate::device::Placement;
 /// One rank's head shard (see the [module doc](self)).
 pub enum RankHead<B: Backend> {
     /// The CPU kernel on host rows.
-    Host {
-        head: ShardedHead<f32>,
-        /// The weight (and bias) gradient buffers of mixed precision.
-        grad: Vec<f32>,
-        grad_bias: Option<Vec<f32>>,
-    },
+    Host(Box<HostHead>),
     /// Tensors on the device.
     Device(DeviceHead<B>),
+}
+
+/// The host placement's head and its mixed-precision gradient buffers.
+pub struct HostHead {
+    head: ShardedHead<f32>,
+    /// The weight (and bias) gradient of the last step (mixed precision).
+    grad: Vec<f32>,
+    grad_bias: Option<Vec<f32>>,
 }
 
 /// A weight gradient waiting for the step's finiteness verdict (mixed precision).
@@ -80,11 +83,11 @@ impl<B: Backend> RankHead<B> {
         device: &B::Device,
     ) -> Result<Self, HeadError> {
         Ok(match placement {
-            Placement::Host => Self::Host {
+            Placement::Host => Self::Host(Box::new(HostHead {
                 head: ShardedHead::new(config, rank, world_size)?,
                 grad: Vec::new(),
                 grad_bias: None,
-            },
+            })),
             Placement::Device => Self::Device(DeviceHead::new(config, rank, world_size, device)?),
         })
     }
@@ -92,7 +95,7 @@ impl<B: Backend> RankHead<B> {
     /// The head's settings.
     pub fn config(&self) -> &HeadConfig {
         match self {
-            Self::Host { head, .. } => head.config(),
+            Self::Host(h) => h.head.config(),
             Self::Device(h) => h.config(),
         }
     }
@@ -109,11 +112,12 @@ impl<B: Backend> RankHead<B> {
         defer: bool,
     ) -> Result<RankHeadOutput<B>, HeadError> {
         match self {
-            Self::Host {
-                head,
-                grad,
-                grad_bias,
-            } => {
+            Self::Host(h) => {
+                let HostHead {
+                    head,
+                    grad,
+                    grad_bias,
+                } = h.as_mut();
                 let device = features.device();
                 let [b, d] = features.dims();
                 let host: Vec<f32> = features
@@ -178,14 +182,9 @@ impl<B: Backend> RankHead<B> {
         lr: f64,
     ) -> Result<(), HeadError> {
         match (self, pending) {
-            (
-                Self::Host {
-                    head,
-                    grad,
-                    grad_bias,
-                },
-                PendingGradient::Host,
-            ) => head.apply_gradient(grad, grad_bias.as_deref(), lr),
+            (Self::Host(h), PendingGradient::Host) => {
+                h.head.apply_gradient(&h.grad, h.grad_bias.as_deref(), lr)
+            }
             (Self::Device(h), PendingGradient::Device(g)) => h.apply_gradient(&g, lr),
             _ => Err(HeadError::Config {
                 name: "apply_gradient",
@@ -199,16 +198,18 @@ impl<B: Backend> RankHead<B> {
         &mut self,
         ckpt: &plsc_ckpt::Checkpoint,
         with_momentum: bool,
-    ) -> Result<(), plsc_ckpt::CkptError> {
+    ) -> Result<(), Box<plsc_ckpt::CkptError>> {
         match self {
-            Self::Host { head, .. } => ckpt.load_into_head(head, with_momentum),
+            Self::Host(h) => Ok(ckpt.load_into_head(&mut h.head, with_momentum)?),
             Self::Device(h) => {
                 ckpt.check_head_config(h.config())?;
                 let s = h.shard();
                 let rows = ckpt.load_head_range(s.rank, s.start, s.len)?;
-                h.set_weight(rows.weight, rows.bias)?;
+                h.set_weight(rows.weight, rows.bias)
+                    .map_err(plsc_ckpt::CkptError::from)?;
                 if with_momentum {
-                    h.set_velocity(rows.momentum, rows.bias_momentum)?;
+                    h.set_velocity(rows.momentum, rows.bias_momentum)
+                        .map_err(plsc_ckpt::CkptError::from)?;
                 }
                 Ok(())
             }
@@ -219,12 +220,12 @@ impl<B: Backend> RankHead<B> {
     pub fn rows(&self) -> HostRows<'_> {
         use std::borrow::Cow;
         match self {
-            Self::Host { head, .. } => HostRows {
-                shard: head.shard(),
-                weight: Cow::Borrowed(head.weight()),
-                momentum: Cow::Borrowed(head.velocity()),
-                bias: head.bias().map(Cow::Borrowed),
-                bias_momentum: head.bias_velocity().map(Cow::Borrowed),
+            Self::Host(h) => HostRows {
+                shard: h.head.shard(),
+                weight: Cow::Borrowed(h.head.weight()),
+                momentum: Cow::Borrowed(h.head.velocity()),
+                bias: h.head.bias().map(Cow::Borrowed),
+                bias_momentum: h.head.bias_velocity().map(Cow::Borrowed),
             },
             Self::Device(h) => HostRows {
                 shard: h.shard(),
@@ -239,7 +240,7 @@ impl<B: Backend> RankHead<B> {
     /// The weight rows on the host.
     pub fn weight_host(&self) -> Vec<f32> {
         match self {
-            Self::Host { head, .. } => head.weight().to_vec(),
+            Self::Host(h) => h.head.weight().to_vec(),
             Self::Device(h) => h.weight_host(),
         }
     }
@@ -247,7 +248,7 @@ impl<B: Backend> RankHead<B> {
     /// The momentum rows on the host.
     pub fn velocity_host(&self) -> Vec<f32> {
         match self {
-            Self::Host { head, .. } => head.velocity().to_vec(),
+            Self::Host(h) => h.head.velocity().to_vec(),
             Self::Device(h) => h.velocity_host(),
         }
     }

@@ -160,7 +160,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
     entry.validate()?;
     match entry.device()? {
         Device::Cpu => {
-            let device = burn_flex::FlexDevice::default();
+            let device = burn_flex::FlexDevice;
             let results = run_ranks(entry.ranks, |comm| {
                 job::<CpuBackend, _>(entry, &comm, &device, progress)
             });

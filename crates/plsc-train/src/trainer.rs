@@ -1,13 +1,17 @@
-//! The training loop: ranks as threads, each with its backbone replica, its data and its head
-//! shard. One step on rank `r`:
+//! The training loop of one rank ([`train_rank`]; [`train`] runs it on rank threads), generic
+//! over the backend, the model and the communicator. The rank has its backbone replica, its
+//! data and its head shard ([`crate::head::RankHead`]: host rows with the CPU kernel, or
+//! tensors on the device). One step on rank `r`:
 //!
-//! 1. next local batch (`data` time);
-//! 2. backbone forward under autodiff, embeddings to the host (`backbone` time);
-//! 3. `head.step`: distributed margin softmax, the head's own sparse SGD update (or, under
-//!    mixed precision, its gradient, applied only once the step is known to be finite), and
-//!    `dL/dx` for the local rows (`head` time, its collectives included);
+//! 1. the local batch, taken and copied to the device during the previous step (`data` time:
+//!    waiting for it);
+//! 2. backbone forward under autodiff (`backbone` time);
+//! 3. the head's step on the detached embeddings (host placement: copied to the host; device
+//!    placement: they stay on the device): distributed margin softmax, the head's own sparse
+//!    SGD update (or, under mixed precision, its gradient, applied only once the step is known
+//!    to be finite), and `dL/dx` for the local rows (`head` time, its collectives included);
 //! 4. `dL/dx` (times the loss scale) injected into the backbone graph, backward (`backbone`);
-//! 5. gradients flattened and summed across ranks (`comm` time);
+//! 5. gradients flattened and summed across ranks, on the host or on the device (`comm` time);
 //! 6. unscale, skip the step if anything is non-finite (mixed precision), clip the global norm,
 //!    SGD-momentum step (`backbone`).
 //!
@@ -475,7 +479,7 @@ where
         Start::Fresh => {}
         Start::Resume(ckpt) => {
             (model, optim) = load_backbone::<B, M>(model, optim, ckpt, true, rank)?;
-            head.load(ckpt, true).map_err(ckpt_err)?;
+            head.load(ckpt, true).map_err(|e| ckpt_err(*e))?;
             if let Some(state) = &ckpt.manifest().training.loss_scale {
                 scaler = LossScaler::restore(entry.loss_scale.clone(), state);
             }
@@ -486,7 +490,7 @@ where
         } => {
             (model, optim) = load_backbone::<B, M>(model, optim, checkpoint, false, rank)?;
             if *with_head {
-                head.load(checkpoint, false).map_err(ckpt_err)?;
+                head.load(checkpoint, false).map_err(|e| ckpt_err(*e))?;
             }
         }
     }
