@@ -84,3 +84,38 @@ mod tests {
         }
     }
 }
+
+/// Starts CUDA on GPU `index` and runs one tiny kernel, turning burn-cuda's panics (no driver,
+/// no such GPU, no NVRTC) into [`ModelError::Device`] before a command creates anything.
+#[cfg(feature = "cuda")]
+pub fn check_cuda(index: usize) -> Result<()> {
+    use burn::backend::Cuda;
+    use burn::tensor::Tensor;
+    let probe = std::panic::catch_unwind(|| {
+        let device = burn::backend::cuda::CudaDevice::new(index);
+        let t = Tensor::<Cuda, 1>::ones([2], &device) + 1.0;
+        t.into_data().convert::<f32>().into_vec::<f32>().ok()
+    });
+    match probe {
+        Ok(Some(v)) if v == [2.0, 2.0] => Ok(()),
+        Ok(_) => Err(ModelError::Device {
+            device: format!("cuda:{index}"),
+            detail: "a test kernel gave a wrong result".into(),
+        }),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "burn-cuda panicked".into());
+            Err(ModelError::Device {
+                device: format!("cuda:{index}"),
+                detail: format!(
+                    "CUDA did not start ({msg}): check that the NVIDIA driver (libcuda.so.1) \
+                     and NVRTC (libnvrtc.so) are on the library path and that GPU {index} exists \
+                     (nvidia-smi); scripts/gpu-check.sh shows how it finds them"
+                ),
+            })
+        }
+    }
+}

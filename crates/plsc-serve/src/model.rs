@@ -129,6 +129,8 @@ impl ServeModel {
         let gpu = match on {
             Device::Cpu => None,
             Device::Cuda(index) => {
+                plsc_models::device::check_cuda(index.unwrap_or(0))
+                    .map_err(model_err(format!("starting the GPU for {}", dir.display())))?;
                 let dev = burn::backend::cuda::CudaDevice::new(index.unwrap_or(0));
                 let on_gpu: Backbone<burn::backend::Cuda> = config
                     .init(&dev)

@@ -356,7 +356,18 @@ mod cuda {
             })
     }
 
+    /// Starts CUDA on GPU `index` (a named error, not a panic, without a driver or GPU).
+    fn check(index: usize) -> Result<()> {
+        plsc_models::device::check_cuda(index).map_err(|e| match e {
+            plsc_models::ModelError::Device { device, detail } => {
+                TrainError::DeviceUnavailable { device, detail }
+            }
+            other => TrainError::model(0, other),
+        })
+    }
+
     pub fn run_single(entry: &Entry, index: usize, progress: bool) -> Result<RunSummary> {
+        check(index)?;
         let comm = one_rank()?;
         job::<CudaBackend, _>(entry, &comm, &device(index), progress)?.ok_or_else(|| {
             TrainError::Config {
@@ -382,6 +393,7 @@ mod cuda {
                 ),
             });
         }
+        check(env.local_rank)?;
         let dev = device(env.local_rank);
         if env.world_size == 1 {
             let comm = one_rank()?;

@@ -208,6 +208,7 @@ mod cuda {
         index: usize,
     ) -> anyhow::Result<(Vec<StepTiming>, Option<f64>)> {
         type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
+        plsc_models::device::check_cuda(index)?;
         let device = burn::backend::cuda::CudaDevice::new(index);
         let probe = crate::bench::gpu_memory::PeakProbe::start();
         let steps = timed_steps::<Gpu>(entry, args, &device)?;
