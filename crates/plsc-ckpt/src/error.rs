@@ -94,18 +94,24 @@ pub enum CkptError {
     /// which `--arch` (and embedding size) its layout points to.
     #[error("{error}; {hint}")]
     ImportMismatch {
-        error: plsc_models::ModelError,
+        error: Box<plsc_models::ModelError>,
         hint: String,
     },
     /// Building a backbone or reading a state file failed (the message names the file).
     #[error(transparent)]
-    Model(#[from] plsc_models::ModelError),
+    Model(Box<plsc_models::ModelError>),
     /// The class split or a head operation failed.
     #[error(transparent)]
     Head(#[from] HeadError),
     /// A collective failed.
     #[error(transparent)]
     Comm(#[from] CommError),
+}
+
+impl From<plsc_models::ModelError> for CkptError {
+    fn from(e: plsc_models::ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
 }
 
 /// `Result` with [`CkptError`].

@@ -150,7 +150,7 @@ fn mismatch(
             | ModelError::ShapeMismatch { .. }
             | ModelError::UnexpectedKeys { .. }
     ) {
-        return CkptError::Model(source);
+        return CkptError::Model(Box::new(source));
     }
     let hint = match suggestion {
         Some(s) if s.name != arch || s.embedding_size != embedding_size => format!(
@@ -168,7 +168,7 @@ fn mismatch(
         ),
     };
     CkptError::ImportMismatch {
-        error: source,
+        error: Box::new(source),
         hint,
     }
 }
