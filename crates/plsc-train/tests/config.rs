@@ -114,9 +114,9 @@ fn a_missing_default_verification_set_says_it_is_a_default_and_how_to_change_it(
     let dir = tempfile::tempdir().unwrap();
     let e = Entry::new().with_dataset_dir(dir.path());
     assert!(e.uses_default_val_targets());
-    let err = plsc_train::val_sets::load_val_sets(&e)
-        .err()
-        .expect("no lfw.bin here");
+    let Err(err) = plsc_train::val_sets::load_val_sets(&e) else {
+        panic!("no lfw.bin here, yet it loaded")
+    };
     let text = err.to_string();
     for part in [
         "setting `val_targets`",
@@ -130,10 +130,10 @@ fn a_missing_default_verification_set_says_it_is_a_default_and_how_to_change_it(
 
     // Sets named in the settings: the plain error naming the file, no word about defaults.
     let e = e.with_val_targets(vec!["mine".into()]);
-    let text = plsc_train::val_sets::load_val_sets(&e)
-        .err()
-        .unwrap()
-        .to_string();
+    let Err(err) = plsc_train::val_sets::load_val_sets(&e) else {
+        panic!("no mine.bin here, yet it loaded")
+    };
+    let text = err.to_string();
     assert!(
         text.contains("mine.bin") && !text.contains("default"),
         "{text}"

@@ -67,11 +67,13 @@ fn only_damaged_checkpoints_fail_the_resume_unless_restart_is_set() {
     let bytes = std::fs::read(only.join("head.rank0.safetensors")).unwrap();
     let moved = root.join("step-000000006.damaged");
 
-    let err = find_beginning(&resuming(root)).err().expect("refused");
+    let Err(err) = find_beginning(&resuming(root)) else {
+        panic!("resumed from a damaged checkpoint")
+    };
     match &err {
         TrainError::DamagedCheckpoints { root: r, damaged } => {
             assert_eq!(r, root);
-            assert_eq!(damaged, &[moved.clone()]);
+            assert_eq!(damaged, std::slice::from_ref(&moved));
         }
         other => panic!("{other}"),
     }
