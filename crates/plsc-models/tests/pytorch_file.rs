@@ -144,3 +144,18 @@ fn aliases_and_the_architecture_a_file_points_to() {
     }
     assert_eq!(suggest_architecture(&[("x".into(), vec![1])]), None);
 }
+
+#[test]
+fn an_integer_tensor_other_than_the_counters_is_a_named_error() {
+    let counts = [1i32, 2, 3];
+    let bytes: Vec<u8> = counts.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![3], &bytes).unwrap();
+    let file = safetensors::serialize([("bn1.bias", view)], None).unwrap();
+    let err = read_safetensors(&file, "ints.safetensors").unwrap_err();
+    assert!(
+        matches!(&err, ModelError::UnsupportedDtype { key, .. } if key == "bn1.bias"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ints.safetensors"), "{err}");
+}
