@@ -24,7 +24,12 @@ fn dims(v: &ValueInfoProto) -> Vec<Value> {
 
 #[test]
 fn graph_has_opset_17_a_dynamic_batch_and_every_weight() {
-    for (name, d, side) in [("iresnet_tiny", 8, 28), ("mbf", 16, 112)] {
+    for (name, d, side) in [
+        ("iresnet_tiny", 8, 28),
+        ("iresnet_nano", 16, 56),
+        ("iresnet18", 512, 112),
+        ("mbf", 16, 112),
+    ] {
         let m: Backbone<Flex> = BackboneConfig::new(name.into())
             .with_embedding_size(d)
             .with_input_size(side)
