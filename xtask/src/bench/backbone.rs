@@ -3,6 +3,7 @@
 //! (`Autodiff<Flex>`, the gradient injected at the embedding as the head would). Median of
 //! `--iters` timed runs after one warm-up run, for each model in `--model`.
 
+use super::stats::median;
 use crate::machine::machine_info;
 use anyhow::Context;
 use burn::backend::{Autodiff, Flex};
@@ -51,12 +52,6 @@ struct Report {
     iters: usize,
     models: Vec<ModelReport>,
     machine: crate::machine::MachineInfo,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
 }
 
 /// Runs `f` once to warm up, then `iters` times; seconds of each timed run.

@@ -25,6 +25,7 @@ use plsc_ckpt::{
 use plsc_core::{ClassShard, HeadConfig};
 use serde::Serialize;
 
+use super::stats::median;
 use crate::machine::{free_bytes, status_kib};
 
 /// Arguments of `cargo xtask bench ckpt`.
@@ -185,11 +186,6 @@ fn write_checkpoint(
     Ok(pending.commit(SaveOptions { keep_last: 1 })?)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn bench_io(args: &CkptArgs, scratch: &Path) -> anyhow::Result<IoReport> {
     let (classes, dim, ranks) = (args.io_classes, args.dim, args.from);
     let root = scratch.join("io");
@@ -231,7 +227,7 @@ fn bench_io(args: &CkptArgs, scratch: &Path) -> anyhow::Result<IoReport> {
         }
         load_s.push(t.elapsed().as_secs_f64());
     }
-    let (save, load) = (median(save_s), median(load_s));
+    let (save, load) = (median(&save_s), median(&load_s));
     Ok(IoReport {
         classes,
         dim,

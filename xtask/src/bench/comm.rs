@@ -13,11 +13,13 @@ use anyhow::{Context, bail};
 use plsc_comm::{CommError, CommExt, Communicator, ReduceOp, run_ranks};
 use serde::Serialize;
 
+use super::stats::{median, parse_size};
+
 /// Arguments of `cargo xtask bench comm`.
 #[derive(clap::Args, Debug)]
 pub struct CommArgs {
     /// Buffer sizes in bytes, comma separated; the suffixes KiB and MiB are accepted.
-    #[arg(long, value_delimiter = ',', value_parser = parse_size,
+    #[arg(long, value_delimiter = ',', value_parser = parse_f32_buffer_size,
           default_value = "4KiB,64KiB,1MiB,16MiB,64MiB")]
     sizes: Vec<usize>,
     /// Rank counts (threads of one thread group), comma separated.
@@ -28,29 +30,15 @@ pub struct CommArgs {
     iters: Option<usize>,
 }
 
-/// Parses `4096`, `4KiB` or `64MiB`.
-fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
-        (n, 1 << 20)
-    } else if let Some(n) = s.strip_suffix("KiB") {
-        (n, 1 << 10)
-    } else {
-        (s, 1)
-    };
-    let n: usize = num
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad size {s:?}: {e}"))?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))?;
-    if bytes == 0 || bytes % 4 != 0 {
+/// A buffer size for `--sizes` ([`parse_size`]'s forms): a whole number of f32 values.
+fn parse_f32_buffer_size(s: &str) -> Result<usize, String> {
+    let bytes = parse_size(s)?;
+    if bytes % 4 != 0 {
         return Err(format!(
             "size {s:?} must be a positive multiple of 4 bytes (f32)"
         ));
     }
-    Ok(bytes)
+    usize::try_from(bytes).map_err(|_| format!("size {s:?} is too large"))
 }
 
 #[derive(Serialize)]
@@ -60,9 +48,8 @@ struct Timing {
 }
 
 impl Timing {
-    fn new(mut times: Vec<f64>, bytes: usize) -> Self {
-        times.sort_by(f64::total_cmp);
-        let median_s = times[times.len() / 2];
+    fn new(times: Vec<f64>, bytes: usize) -> Self {
+        let median_s = median(&times);
         Self {
             median_s,
             bandwidth_bytes_per_s: bytes as f64 / median_s,

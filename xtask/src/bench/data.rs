@@ -20,6 +20,7 @@ use plsc_data::synth::{SynthFormat, SynthOptions, synth, synth_image};
 use plsc_data::writer::WriteOptions;
 use serde::Serialize;
 
+use super::stats::{median, parse_size};
 use crate::machine::{free_bytes, status_kib};
 
 /// Arguments of `cargo xtask bench data`.
@@ -46,25 +47,6 @@ pub struct DataArgs {
     /// Skip the shuffle-split part.
     #[arg(long)]
     no_split: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("GiB") {
-        (n, 1u64 << 30)
-    } else if let Some(n) = s.strip_suffix("MiB") {
-        (n, 1 << 20)
-    } else {
-        (s, 1)
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad size {s:?}: {e}"))?;
-    if n <= 0.0 {
-        return Err(format!("size {s:?} must be positive"));
-    }
-    Ok((n * mult as f64) as u64)
 }
 
 #[derive(Serialize)]
@@ -284,11 +266,10 @@ fn bench_decode(args: &DataArgs, scratch: &Path) -> anyhow::Result<DecodeReport>
     let stream = make(threads)?;
     let per_pass = stream.steps_per_epoch() * args.batch as u64;
     decode_pass(&stream, 0)?; // warm-up
-    let mut times: Vec<f64> = (1..=args.repeats as u64)
+    let times: Vec<f64> = (1..=args.repeats as u64)
         .map(|e| decode_pass(&stream, e))
         .collect::<anyhow::Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(&times);
     let single = make(1)?;
     let t1 = decode_pass(&single, 0)?;
     Ok(DecodeReport {

@@ -80,8 +80,7 @@ fn median_ms(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyho
         f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(super::stats::median(&times))
 }
 
 /// Runs `cargo xtask bench eval`.

@@ -4,6 +4,7 @@
 //! a plain `[B, D] x [D, C]` matmul on the same kernel (and on burn-flex) in the same run, and
 //! the head's work-buffer bytes beyond weight and momentum.
 
+use super::stats::median;
 use crate::machine::{machine_info, status_kib};
 use clap::Args;
 use plsc_comm::ThreadGroup;
@@ -62,12 +63,6 @@ struct CaseReport {
     other_seconds_median: f64,
     loss_first: f64,
     loss_last: f64,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
 }
 
 /// Resident set size of this process, from /proc (0 where unavailable).

@@ -12,6 +12,7 @@ mod eval;
 mod gpu_memory;
 mod head;
 mod serve;
+mod stats;
 mod train;
 
 #[derive(Subcommand)]

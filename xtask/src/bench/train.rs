@@ -7,6 +7,7 @@
 //! the peak GPU memory the driver reports for this process (`nvidia-smi`, polled while the
 //! steps run); needs xtask built with `--features cuda`.
 
+use super::stats::median;
 use crate::machine::machine_info;
 use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
@@ -84,11 +85,6 @@ struct Report {
     machine: crate::machine::MachineInfo,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if args.steps == 0 || args.batch == 0 || args.ranks == 0 {
         bail!("--steps, --batch and --ranks must be positive");
@@ -121,10 +117,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let timed: Vec<StepTiming> = steps[1..].to_vec();
     let step = median(
-        timed
+        &timed
             .iter()
             .map(|t| t.data_s + t.backbone_s + t.head_s + t.comm_s)
-            .collect(),
+            .collect::<Vec<_>>(),
     );
     let report = Report {
         bench: "train",
@@ -143,10 +139,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         gpu_peak_memory_mib: gpu_peak,
         step_seconds_median: step,
         global_images_per_second: entry.global_batch() as f64 / step,
-        data_seconds_median: median(timed.iter().map(|t| t.data_s).collect()),
-        backbone_seconds_median: median(timed.iter().map(|t| t.backbone_s).collect()),
-        head_seconds_median: median(timed.iter().map(|t| t.head_s).collect()),
-        comm_seconds_median: median(timed.iter().map(|t| t.comm_s).collect()),
+        data_seconds_median: median(&timed.iter().map(|t| t.data_s).collect::<Vec<_>>()),
+        backbone_seconds_median: median(&timed.iter().map(|t| t.backbone_s).collect::<Vec<_>>()),
+        head_seconds_median: median(&timed.iter().map(|t| t.head_s).collect::<Vec<_>>()),
+        comm_seconds_median: median(&timed.iter().map(|t| t.comm_s).collect::<Vec<_>>()),
         note: "rank 0's step split; data = waiting for pre-made batches, backbone = forward + backward + clip + SGD, head = the sharded head's step with its collectives, comm = backbone gradient flatten + all-reduce; on a GPU the kernels run asynchronously, so the split shows where the host waited, and only the step total is the time of a step",
         machine: machine_info(),
     };
