@@ -22,9 +22,10 @@
 //! Offline: [`reshard()`], [`export()`] / [`load_exported`], [`import()`] (an arcface_torch
 //! `.pth` or safetensors file as an export directory), [`export_onnx`] (ONNX, opset 17).
 //!
-//! The backbone is handled as a list of named f32 tensors ([`NamedTensor`]), so this crate
-//! does not depend on the model crate: plsc-models' `Backbone::state_tensors()` maps onto it
-//! one to one.
+//! The backbone is handled as a list of named f32 tensors ([`NamedTensor`]); plsc-models'
+//! `Backbone::state_tensors()` maps onto it one to one. Saving, loading and resharding never
+//! build a model; only [`import()`] and [`export_onnx`] do (a registry backbone on the CPU
+//! backend checks the names and shapes, or walks the graph).
 
 mod error;
 pub mod export;

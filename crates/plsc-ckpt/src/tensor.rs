@@ -1,6 +1,6 @@
 //! Named f32 tensors (the backbone's state) and the byte view of f32 data.
 //!
-//! plsc-ckpt stays independent of the model crate: a backbone is "a list of named f32 tensors"
+//! Checkpoints never build a model: a backbone is "a list of named f32 tensors"
 //! in PyTorch `state_dict` layout (plsc-models' `Backbone::state_tensors()` gives exactly that,
 //! with arcface_torch names), plus the optimiser's momentum under the same names.
 
