@@ -19,11 +19,10 @@ use crate::device::Device;
 use crate::entry::Entry;
 use crate::error::{Result, TrainError};
 use crate::model::TrainModel;
+use crate::records::EvalRecord;
 use crate::resume::{Beginning, find_beginning};
 use crate::run_dir::{JsonLines, create_run_dir, write_atomically};
-use crate::trainer::{
-    BatchIter, EvalRecord, LocalBatch, Outputs, Plan, Start, Timings, train_rank,
-};
+use crate::trainer::{BatchIter, LocalBatch, Outputs, Plan, Start, Timings, train_rank};
 use crate::val_sets::load_val_sets;
 
 /// The training backend on CPU.
@@ -136,11 +135,15 @@ pub fn steps_per_epoch(entry: &Entry, stream: &BatchStream) -> u64 {
     }
 }
 
-/// The backbone `entry` names, seeded, on `device` of backend `B`.
+/// The backbone `entry` names, seeded, on `device` of backend `B`: the same values on every
+/// rank, threads included (the backend's generator is process-wide, so the seeding and the
+/// draws of one build run under a process-wide lock: rank threads build in turn).
 pub fn build_backbone<B: burn::tensor::backend::Backend>(
     entry: &Entry,
     device: &B::Device,
 ) -> Result<Backbone<B>> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     BackboneConfig::new(entry.model.clone())
         .with_embedding_size(entry.embedding_size)
         .with_in_channels(entry.in_channels)
