@@ -227,6 +227,7 @@ fn text_report(name: &str, v: &Verification) -> String {
         "{name}: {pairs} pairs ({genuine} genuine, {impostor} impostor), {folds} folds\n\
          Accuracy: {acc:.5}+-{acc_std:.5}\n\
          TAR@FAR={far_target:e}: {tar:.5}+-{tar_std:.5} (FAR measured {far:.5})\n\
+         AUC: {auc:.5}\n\
          XNorm: {xnorm:.6}\n\
          Best thresholds: {thresholds}\n",
         pairs = m.pairs,
@@ -239,6 +240,7 @@ fn text_report(name: &str, v: &Verification) -> String {
         tar = m.tar_mean,
         tar_std = m.tar_std,
         far = m.far_mean,
+        auc = m.roc.auc,
         xnorm = v.xnorm,
         thresholds = thresholds.join(" "),
     )

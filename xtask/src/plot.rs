@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde::Deserialize;
+use plsc_train::records::{EvalRecord, LogRecord};
 
 /// Width of every chart, in pixels.
 pub const WIDTH: u32 = 960;
@@ -34,36 +34,13 @@ pub struct PlotArgs {
     out: Option<PathBuf>,
 }
 
-/// A `"kind": "train"` record of metrics.jsonl (plsc-train's `LogRecord`). Values that were not
-/// finite are written as `null` by serde_json, hence the options.
-#[derive(Debug, Deserialize)]
-struct TrainPoint {
-    step: u64,
-    lr: Option<f64>,
-    loss: Option<f64>,
-    acc1: Option<f64>,
-    acc5: Option<f64>,
-}
-
-/// A `"kind": "eval"` record (plsc-train's `EvalRecord`). Records from before the ROC was logged
-/// have no `roc_*` and `auc`; they get no ROC chart.
-#[derive(Debug, Deserialize)]
-struct EvalPoint {
-    step: u64,
-    target: String,
-    accuracy: Option<f64>,
-    tar: Option<f64>,
-    far: Option<f64>,
-    auc: Option<f64>,
-    roc_fpr: Option<Vec<Option<f64>>>,
-    roc_tpr: Option<Vec<Option<f64>>>,
-}
-
-/// The records of one metrics file, in file order.
+/// The records of one metrics file, in file order (plsc-train's run records: values that were
+/// not finite read as NaN and are left out of the charts; eval records from before the ROC was
+/// logged have an empty curve and get no ROC chart).
 #[derive(Debug, Default)]
 struct Metrics {
-    train: Vec<TrainPoint>,
-    eval: Vec<EvalPoint>,
+    train: Vec<LogRecord>,
+    eval: Vec<EvalRecord>,
 }
 
 /// Reads metrics.jsonl; errors name the file and the 1-based line.
@@ -89,16 +66,14 @@ fn read_metrics(path: &Path) -> anyhow::Result<Metrics> {
                     .with_context(|| format!("{}: bad train record", at()))?,
             ),
             "eval" => {
-                let e: EvalPoint = serde_json::from_value(value)
+                let e: EvalRecord = serde_json::from_value(value)
                     .with_context(|| format!("{}: bad eval record", at()))?;
-                if let (Some(f), Some(t)) = (&e.roc_fpr, &e.roc_tpr)
-                    && f.len() != t.len()
-                {
+                if e.roc_fpr.len() != e.roc_tpr.len() {
                     bail!(
                         "{}: roc_fpr has {} values but roc_tpr {}",
                         at(),
-                        f.len(),
-                        t.len()
+                        e.roc_fpr.len(),
+                        e.roc_tpr.len()
                     );
                 }
                 m.eval.push(e);
@@ -327,28 +302,25 @@ fn decimal(v: f64) -> String {
 /// The ROC chart of one evaluation: TPR against FPR on a log axis from the decade below the
 /// smallest positive FPR or FAR target to 1 (points at FPR 0 cannot be shown); the chance
 /// diagonal; the TAR@FAR point.
-fn roc_chart(
-    path: &Path,
-    title: &str,
-    e: &EvalPoint,
-    fpr: &[f64],
-    tpr: &[f64],
-) -> anyhow::Result<()> {
-    let points: Vec<(f64, f64)> = fpr
+fn roc_chart(path: &Path, title: &str, e: &EvalRecord) -> anyhow::Result<()> {
+    let points: Vec<(f64, f64)> = e
+        .roc_fpr
         .iter()
-        .zip(tpr)
+        .zip(&e.roc_tpr)
         .map(|(&f, &t)| (f, t))
         .filter(|&(f, t)| f > 0.0 && f.is_finite() && t.is_finite())
         .collect();
     let min_fpr = points.iter().map(|p| p.0).fold(1.0, f64::min);
-    let far_point = match (e.far, e.tar) {
-        (Some(f), Some(t)) if f > 0.0 && f.is_finite() && t.is_finite() => Some((f, t)),
-        _ => None,
-    };
+    let far_point =
+        (e.far > 0.0 && e.far.is_finite() && e.tar.is_finite()).then_some((e.far, e.tar));
     let lowest = far_point.map_or(min_fpr, |(f, _)| f.min(min_fpr));
     // The decade below the lowest point (a point on a power of ten gets a decade of room).
     let x0 = 10f64.powf((lowest * 0.999).log10().floor()).min(0.1);
-    let auc = e.auc.map_or("?".to_string(), |a| format!("{a:.4}"));
+    let auc = if e.auc.is_finite() {
+        format!("{:.4}", e.auc)
+    } else {
+        "?".to_string()
+    };
     render(path, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FAMILY, 22))
@@ -412,14 +384,14 @@ pub fn plot_run(run_dir: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> 
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create the output folder {}", out_dir.display()))?;
     let mut written = Vec::new();
-    let series_of = |f: fn(&TrainPoint) -> Option<f64>| -> Vec<(f64, f64)> {
+    let series_of = |f: fn(&LogRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         m.train
             .iter()
-            .filter_map(|r| f(r).map(|v| (r.step as f64, v)))
+            .filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.step as f64, v)))
             .collect()
     };
 
-    let loss = Series::new("training loss", series_of(|r| r.loss), PALETTE[0]);
+    let loss = Series::new("training loss", series_of(|r| Some(r.loss)), PALETTE[0]);
     if loss.points.is_empty() {
         bail!(
             "{}: no finite loss in any train record",
@@ -437,7 +409,7 @@ pub fn plot_run(run_dir: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> 
     )?;
     written.push(path);
 
-    let lr = Series::new("learning rate", series_of(|r| r.lr), PALETTE[1]);
+    let lr = Series::new("learning rate", series_of(|r| Some(r.lr)), PALETTE[1]);
     let path = out_dir.join("lr.png");
     line_chart(
         &path,
@@ -464,7 +436,8 @@ pub fn plot_run(run_dir: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> 
             .eval
             .iter()
             .filter(|e| e.target == *target)
-            .filter_map(|e| e.accuracy.map(|a| (e.step as f64, a)))
+            .filter(|e| e.accuracy.is_finite())
+            .map(|e| (e.step as f64, e.accuracy))
             .collect();
         let mut s = Series::new(
             format!("{target} verification"),
@@ -490,15 +463,13 @@ pub fn plot_run(run_dir: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> 
 
     let mut without_roc = 0;
     for e in &m.eval {
-        let (Some(fpr), Some(tpr)) = (&e.roc_fpr, &e.roc_tpr) else {
+        if e.roc_fpr.is_empty() {
             without_roc += 1;
             continue;
-        };
-        let fpr: Vec<f64> = fpr.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-        let tpr: Vec<f64> = tpr.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        }
         let path = out_dir.join(format!("roc-{}-step{}.png", file_part(&e.target), e.step));
         let chart_title = format!("{title}: ROC {} at step {}", e.target, e.step);
-        roc_chart(&path, &chart_title, e, &fpr, &tpr)?;
+        roc_chart(&path, &chart_title, e)?;
         written.push(path);
     }
     if without_roc > 0 {

@@ -75,14 +75,23 @@ fn eval_prints_text_and_json() {
             .as_f64()
             .unwrap_or_else(|| panic!("{k} missing in {doc}"))
     };
-    assert!((num("accuracy_mean") - 0.9).abs() < 1e-12);
+    // The run records' names (plsc_train::records::EvalRecord), as metrics.jsonl says them.
+    assert!((num("accuracy") - 0.9).abs() < 1e-12);
     assert!((num("accuracy_std") - 0.2).abs() < 1e-12);
-    assert!((num("tar_mean") - 0.9).abs() < 1e-12);
+    assert!((num("tar") - 0.9).abs() < 1e-12);
     assert!((num("tar_std") - 0.3).abs() < 1e-12);
+    assert_eq!(num("far"), 1e-3);
     assert!((num("far_mean") - 0.1).abs() < 1e-12);
     assert!((num("xnorm") - 3.0).abs() < 1e-6);
+    assert!(num("auc") > 0.5 && num("auc") <= 1.0, "{doc}");
+    for old in ["accuracy_mean", "tar_mean", "far_target"] {
+        assert!(doc.get(old).is_none(), "{old} in {doc}");
+    }
     assert_eq!(doc["pairs"], 20);
     assert_eq!(doc["roc"]["tpr"].as_array().unwrap().len(), 400);
+    // The text form shows the same AUC.
+    let auc_line = format!("AUC: {:.5}", num("auc"));
+    assert!(text.contains(&auc_line), "{auc_line} not in {text}");
 }
 
 #[test]
@@ -230,10 +239,10 @@ fn eval_model_on_bin_files() {
         );
         assert!(want.xnorm > 0.0);
         assert_eq!(
-            got["accuracy_mean"].as_f64().unwrap(),
+            got["accuracy"].as_f64().unwrap(),
             want.metrics.accuracy_mean
         );
-        assert_eq!(got["tar_mean"].as_f64().unwrap(), want.metrics.tar_mean);
+        assert_eq!(got["tar"].as_f64().unwrap(), want.metrics.tar_mean);
     }
 
     // --model without --bin, and both input kinds at once, are refused by the parser.

@@ -139,10 +139,10 @@ fn bad_lines_and_empty_metrics_are_named_errors() {
         "{err}"
     );
 
-    // Line 3 is JSON but a train record without its step.
+    // Line 3 is JSON but a train record without its step (plsc-train's LogRecord).
     std::fs::write(
         &metrics,
-        format!("{good}\n\n{{\"kind\":\"train\",\"loss\":1.0}}\n"),
+        format!("{good}\n\n{{\"kind\":\"train\",\"epoch\":0,\"loss\":1.0}}\n"),
     )
     .unwrap();
     let err = stderr(xtask(&["plot".as_ref(), run.as_os_str()]));

@@ -82,7 +82,13 @@ pub fn trapezoid_auc(fpr: &[f64], tpr: &[f64]) -> f64 {
 }
 
 /// The metrics of one pair set.
+///
+/// Serialised (`xtask eval --json`) under the names of the run records
+/// (`plsc_train::records::EvalRecord`): `accuracy`, `accuracy_std`, `tar`, `tar_std`, `far` (the
+/// target), `far_mean` (measured), `auc`, and `roc` with `thresholds`, `tpr` and `fpr`; the
+/// older names (`accuracy_mean`, `tar_mean`, `far_target`, `roc.auc`) still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "json::MetricsJson", from = "json::MetricsJson")]
 pub struct Metrics {
     /// Number of pairs.
     pub pairs: usize,
@@ -114,6 +120,101 @@ pub struct Metrics {
     pub tar_thresholds: Vec<f64>,
     /// ROC data.
     pub roc: Roc,
+}
+
+/// The JSON form of [`Metrics`]: the run records' names.
+mod json {
+    use super::{Metrics, Roc};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct MetricsJson {
+        pairs: usize,
+        #[serde(default)]
+        genuine: usize,
+        #[serde(default)]
+        impostor: usize,
+        folds: usize,
+        #[serde(alias = "accuracy_mean")]
+        accuracy: f64,
+        accuracy_std: f64,
+        fold_accuracies: Vec<f64>,
+        best_thresholds: Vec<f64>,
+        #[serde(alias = "tar_mean")]
+        tar: f64,
+        tar_std: f64,
+        #[serde(alias = "far_target")]
+        far: f64,
+        far_mean: f64,
+        tar_thresholds: Vec<f64>,
+        /// Absent in the older form, where it is `roc.auc`.
+        #[serde(default)]
+        auc: Option<f64>,
+        roc: RocJson,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct RocJson {
+        thresholds: Vec<f64>,
+        tpr: Vec<f64>,
+        fpr: Vec<f64>,
+        /// Only read (the older form).
+        #[serde(default, skip_serializing)]
+        auc: Option<f64>,
+    }
+
+    impl From<Metrics> for MetricsJson {
+        fn from(m: Metrics) -> Self {
+            Self {
+                pairs: m.pairs,
+                genuine: m.genuine,
+                impostor: m.impostor,
+                folds: m.folds,
+                accuracy: m.accuracy_mean,
+                accuracy_std: m.accuracy_std,
+                fold_accuracies: m.fold_accuracies,
+                best_thresholds: m.best_thresholds,
+                tar: m.tar_mean,
+                tar_std: m.tar_std,
+                far: m.far_target,
+                far_mean: m.far_mean,
+                tar_thresholds: m.tar_thresholds,
+                auc: Some(m.roc.auc),
+                roc: RocJson {
+                    thresholds: m.roc.thresholds,
+                    tpr: m.roc.tpr,
+                    fpr: m.roc.fpr,
+                    auc: None,
+                },
+            }
+        }
+    }
+
+    impl From<MetricsJson> for Metrics {
+        fn from(j: MetricsJson) -> Self {
+            Self {
+                pairs: j.pairs,
+                genuine: j.genuine,
+                impostor: j.impostor,
+                folds: j.folds,
+                accuracy_mean: j.accuracy,
+                accuracy_std: j.accuracy_std,
+                fold_accuracies: j.fold_accuracies,
+                best_thresholds: j.best_thresholds,
+                tar_mean: j.tar,
+                tar_std: j.tar_std,
+                far_target: j.far,
+                far_mean: j.far_mean,
+                tar_thresholds: j.tar_thresholds,
+                roc: Roc {
+                    auc: j.auc.or(j.roc.auc).unwrap_or(f64::NAN),
+                    thresholds: j.roc.thresholds,
+                    tpr: j.roc.tpr,
+                    fpr: j.roc.fpr,
+                },
+            }
+        }
+    }
 }
 
 /// Metrics plus XNorm, the mean L2 norm of the un-normalised embeddings.

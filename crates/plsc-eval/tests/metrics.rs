@@ -349,3 +349,41 @@ fn bad_inputs_are_named_errors() {
         }
     ));
 }
+
+/// The JSON form (`xtask eval --json`) uses the run records' names (`accuracy`, `tar`, `far`,
+/// `auc` at the top, `roc` holding the curve), reads back equal, and still reads the older names
+/// (`accuracy_mean`, `tar_mean`, `far_target`, `roc.auc`).
+#[test]
+fn json_uses_the_record_names_and_reads_the_older_ones() {
+    let (rows, issame) = hand_made();
+    let v = verify_embeddings(&rows, 2, &issame, &VerifyConfig::default(), "hand-made").unwrap();
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["accuracy"], v.metrics.accuracy_mean);
+    assert_eq!(json["tar"], v.metrics.tar_mean);
+    assert_eq!(json["far"], 1e-3);
+    assert_eq!(json["far_mean"], v.metrics.far_mean);
+    assert_eq!(json["auc"], v.metrics.roc.auc);
+    assert_eq!(json["xnorm"], v.xnorm);
+    assert_eq!(json["roc"]["fpr"].as_array().unwrap().len(), 400);
+    for old in ["accuracy_mean", "tar_mean", "far_target"] {
+        assert!(json.get(old).is_none(), "{old}");
+    }
+    assert!(json["roc"].get("auc").is_none());
+    let back: plsc_eval::Verification = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, v);
+
+    let mut old = json;
+    let o = old.as_object_mut().unwrap();
+    for (new, was) in [
+        ("accuracy", "accuracy_mean"),
+        ("tar", "tar_mean"),
+        ("far", "far_target"),
+    ] {
+        let value = o.remove(new).unwrap();
+        o.insert(was.into(), value);
+    }
+    let auc = o.remove("auc").unwrap();
+    o["roc"]["auc"] = auc;
+    let back: plsc_eval::Verification = serde_json::from_value(old).unwrap();
+    assert_eq!(back, v);
+}

@@ -26,6 +26,8 @@
 //!   (`lr * global_batch / lr_reference_batch`).
 //! - [`trainer`]: the loop over rank threads, generic over the backend and the model
 //!   ([`TrainModel`]); [`job`]: a whole run on the CPU with a run directory.
+//! - [`records`]: the run records ([`LogRecord`], [`EvalRecord`]) of `metrics.jsonl` and
+//!   `summary.json`, read back by `xtask plot`.
 //! - [`sync`]: data-parallel gradient sum; [`scaler`]: dynamic loss scaling;
 //!   [`schedule`]: warmup + piecewise or polynomial decay.
 
@@ -35,6 +37,7 @@ mod error;
 pub mod head;
 pub mod job;
 pub mod model;
+pub mod records;
 pub mod resume;
 pub mod run_dir;
 pub mod scaler;
@@ -47,8 +50,8 @@ pub use entry::{Entry, LossScaleConfig};
 pub use error::{Result, TrainError};
 pub use job::{CpuBackend, RunSummary, run, run_process};
 pub use model::TrainModel;
+pub use records::{EvalRecord, LogRecord};
 pub use schedule::{LrPolicy, LrSchedule};
 pub use trainer::{
-    BatchIter, EvalRecord, LocalBatch, LogRecord, Outputs, Plan, Start, Timings, TrainOutcome,
-    train, train_rank,
+    BatchIter, LocalBatch, Outputs, Plan, Start, Timings, TrainOutcome, train, train_rank,
 };

@@ -45,6 +45,7 @@ use crate::entry::Entry;
 use crate::error::{Result, TrainError};
 use crate::head::RankHead;
 use crate::model::TrainModel;
+use crate::records::{EvalRecord, LogRecord};
 use crate::run_dir::JsonLines;
 use crate::scaler::LossScaler;
 use crate::sync::{DeviceGrads, FlatGrads, unscale_clip_factor};
@@ -151,81 +152,6 @@ impl Outputs {
             checkpoint: self.checkpoint.clone(),
             start: self.start.clone(),
             ..Self::default()
-        }
-    }
-}
-
-/// One log record (every `log_period` steps and at the last step).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LogRecord {
-    /// `"train"`.
-    pub kind: &'static str,
-    /// Epoch (0-based) of the step.
-    pub epoch: u64,
-    /// Steps done.
-    pub step: u64,
-    /// Learning rate of the last step.
-    pub lr: f64,
-    /// Mean loss over the steps since the last record.
-    pub loss: f64,
-    /// Global images per second since the last record.
-    pub images_per_sec: f64,
-    /// Mean seconds per step this rank waited for its batch (decoding and the host-to-device
-    /// copy) since the last record: near 0 when the data keeps up.
-    pub data_wait_s: f64,
-    /// Training top-1 accuracy of the last step (with `calc_acc`).
-    pub acc1: Option<f64>,
-    /// Training top-5 accuracy of the last step (with `calc_acc`).
-    pub acc5: Option<f64>,
-    /// Current loss scale (1 without mixed precision).
-    pub loss_scale: f64,
-    /// Steps skipped for non-finite gradients so far.
-    pub skipped_steps: u64,
-    /// Seconds since the start.
-    pub elapsed_s: f64,
-}
-
-/// One verification result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EvalRecord {
-    /// `"eval"`.
-    pub kind: &'static str,
-    /// Steps done.
-    pub step: u64,
-    /// Pair set name.
-    pub target: String,
-    /// Mean 10-fold accuracy.
-    pub accuracy: f64,
-    /// Its standard deviation.
-    pub accuracy_std: f64,
-    /// TAR at the FAR target.
-    pub tar: f64,
-    /// The FAR target.
-    pub far: f64,
-    /// XNorm.
-    pub xnorm: f64,
-    /// Area under the ROC curve.
-    pub auc: f64,
-    /// ROC false positive rates, one per threshold of 0..4 step 0.01 (averaged over folds).
-    pub roc_fpr: Vec<f64>,
-    /// ROC true positive rates, one per threshold, as `roc_fpr`.
-    pub roc_tpr: Vec<f64>,
-}
-
-impl EvalRecord {
-    fn new(step: u64, target: &str, v: &Verification) -> Self {
-        Self {
-            kind: "eval",
-            step,
-            target: target.to_string(),
-            accuracy: v.metrics.accuracy_mean,
-            accuracy_std: v.metrics.accuracy_std,
-            tar: v.metrics.tar_mean,
-            far: v.metrics.far_target,
-            xnorm: v.xnorm,
-            auc: v.metrics.roc.auc,
-            roc_fpr: v.metrics.roc.fpr.clone(),
-            roc_tpr: v.metrics.roc.tpr.clone(),
         }
     }
 }
