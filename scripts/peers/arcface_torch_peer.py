@@ -30,106 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ---- arcface_torch backbones/iresnet.py ------------------------------------------------------
-
-
-def conv3x3(in_planes, out_planes, stride=1):
-    return nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
-
-
-def conv1x1(in_planes, out_planes, stride=1):
-    return nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
-
-
-class IBasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
-        self.conv1 = conv3x3(inplanes, planes)
-        self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
-        self.prelu = nn.PReLU(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x
-        out = self.bn1(x)
-        out = self.conv1(out)
-        out = self.bn2(out)
-        out = self.prelu(out)
-        out = self.conv2(out)
-        out = self.bn3(out)
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        return out + identity
-
-
-class IResNet(nn.Module):
-    fc_scale = 7 * 7
-
-    def __init__(self, layers, num_features=512, fp16=False, in_channels=3, input_size=112):
-        super().__init__()
-        self.fp16 = fp16
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, eps=1e-05)
-        self.prelu = nn.PReLU(64)
-        self.layer1 = self._make_layer(64, layers[0], stride=2)
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.layer3 = self._make_layer(256, layers[2], stride=2)
-        self.layer4 = self._make_layer(512, layers[3], stride=2)
-        self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
-        self.dropout = nn.Dropout(p=0.0, inplace=True)
-        side = input_size // 16
-        self.fc = nn.Linear(512 * side * side, num_features)
-        self.features = nn.BatchNorm1d(num_features, eps=1e-05)
-        nn.init.constant_(self.features.weight, 1.0)
-        self.features.weight.requires_grad = False
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0, 0.1)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def _make_layer(self, planes, blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes, stride),
-                nn.BatchNorm2d(planes, eps=1e-05),
-            )
-        layers = [IBasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes
-        layers += [IBasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        with torch.autocast(x.device.type, enabled=self.fp16):
-            x = self.conv1(x)
-            x = self.bn1(x)
-            x = self.prelu(x)
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-            x = self.layer4(x)
-            x = self.bn2(x)
-            x = torch.flatten(x, 1)
-            x = self.dropout(x)
-        x = self.fc(x.float() if self.fp16 else x)
-        x = self.features(x)
-        return x
-
-
-LAYERS = {
-    "iresnet18": [2, 2, 2, 2],
-    "iresnet34": [3, 4, 6, 3],
-    "iresnet50": [3, 4, 14, 3],
-    "iresnet100": [3, 13, 30, 3],
-}
+from arcface_torch_iresnet import LAYERS, IResNet
 
 # ---- arcface_torch losses.py (CombinedMarginLoss, ArcFace branch) and partial_fc_v2.py ----
 
@@ -255,8 +156,8 @@ def main():
     gpu = device.type == "cuda"
     torch.manual_seed(0)
     probe = PeakProbe() if gpu else None
-    backbone = IResNet(LAYERS[args.model], args.embedding_size, fp16=args.amp,
-                       input_size=args.input_size).to(device)
+    backbone = IResNet(LAYERS[args.model], num_features=args.embedding_size, fp16=args.amp,
+                       input_size=args.input_size, arcface_init=True).to(device)
     head = PartialFCV2(ArcFace(), args.embedding_size, args.classes, args.sample_ratio,
                        fp16=args.amp).to(device)
     opt = torch.optim.SGD(

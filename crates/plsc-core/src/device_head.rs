@@ -134,15 +134,7 @@ impl<B: Backend> DeviceHead<B> {
         device: &B::Device,
     ) -> Result<Self, HeadError> {
         config.validate()?;
-        let shard = if config.loss.sharded {
-            ClassShard::for_rank(config.num_classes, world_size, rank)?
-        } else {
-            ClassShard {
-                rank,
-                start: 0,
-                len: config.num_classes,
-            }
-        };
+        let shard = config.shard_of(rank, world_size)?;
         let d = config.embedding_size;
         let mut w = vec![0.0f32; shard.len * d];
         init::init_rows(config.seed, shard.start, d, &mut w);

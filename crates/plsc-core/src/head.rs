@@ -72,6 +72,20 @@ pub struct HeadConfig {
 }
 
 impl HeadConfig {
+    /// The classes rank `rank` of `world_size` holds: its balanced range when the loss is
+    /// sharded, every class when the head is replicated.
+    pub fn shard_of(&self, rank: usize, world_size: usize) -> Result<ClassShard, HeadError> {
+        if self.loss.sharded {
+            ClassShard::for_rank(self.num_classes, world_size, rank)
+        } else {
+            Ok(ClassShard {
+                rank,
+                start: 0,
+                len: self.num_classes,
+            })
+        }
+    }
+
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), HeadError> {
         self.loss.validate()?;
@@ -185,15 +199,7 @@ impl<T: HeadFloat> ShardedHead<T> {
     /// (`sharded = false`) holds every class on every rank.
     pub fn new(config: HeadConfig, rank: usize, world_size: usize) -> Result<Self, HeadError> {
         config.validate()?;
-        let shard = if config.loss.sharded {
-            ClassShard::for_rank(config.num_classes, world_size, rank)?
-        } else {
-            ClassShard {
-                rank,
-                start: 0,
-                len: config.num_classes,
-            }
-        };
+        let shard = config.shard_of(rank, world_size)?;
         let d = config.embedding_size;
         let mut weight = vec![T::zero(); shard.len * d];
         init::init_rows(config.seed, shard.start, d, &mut weight);
