@@ -19,10 +19,11 @@
 //! holds all classes and computes its local rows, normalised by the global batch size; the
 //! weight gradient is then **all-reduced (sum)** across ranks before the update.
 
+use crate::cpu::HeadFloat;
 use crate::cpu::topk::{TOPK, TopK};
 use crate::cpu::{self, Plan, RowSink, StepSetup, Workspace, rows, tile};
 use crate::error::HeadError;
-use crate::float::{HeadFloat, Precision};
+use crate::float::Precision;
 use crate::init;
 use crate::loss::{LossConfig, LossKind};
 use crate::margin::Margin;
@@ -357,6 +358,53 @@ impl<T: HeadFloat> ShardedHead<T> {
         Ok(())
     }
 
+    /// Phase 2: `Xn = X / |X|` into the head's buffer (margin losses; softmax keeps `X`), the
+    /// operands rounded to the product precision, this rank's sampled classes (Partial FC) and
+    /// each row's target among them, and the tile plan under the memory budget.
+    fn normalise_and_sample(&mut self, xg: &[T], labels_g: &[i64], step: u64) -> Sampling<T> {
+        let d = self.config.embedding_size;
+        let precision = self.config.precision;
+        let inv_xnorm = match self.config.loss.kind {
+            LossKind::Margin(_) => Some(rows::normalize_rows(xg, d, &mut self.xn)),
+            LossKind::Softmax => {
+                self.xn.clear();
+                self.xn.extend_from_slice(xg);
+                None
+            }
+        };
+        let xop: Vec<T> = if precision == Precision::F32 {
+            Vec::new()
+        } else {
+            self.xn.iter().map(|v| v.round_to(precision)).collect()
+        };
+        let (sampled, targets) = batch_classes(self.shard, labels_g, &self.config, step);
+        let loss = match &self.config.loss.kind {
+            LossKind::Softmax => tile::TileLoss::Softmax,
+            LossKind::Margin(m) => tile::TileLoss::Margin {
+                margin: Margin::new(m),
+                scale: T::from_f64(m.scale),
+                filter: m.interclass_filter.map(T::from_f64),
+            },
+        };
+        let plan = Plan::new(
+            labels_g.len(),
+            d,
+            sampled.len(),
+            rayon::current_num_threads(),
+            self.config.chunk_size,
+            self.config.memory_budget,
+            size_of::<T>(),
+        );
+        Sampling {
+            inv_xnorm,
+            xop,
+            sampled,
+            targets,
+            loss,
+            plan,
+        }
+    }
+
     /// One forward + backward step (see the module doc). `step` seeds the class sampling.
     pub fn step(
         &mut self,
@@ -393,37 +441,14 @@ impl<T: HeadFloat> ShardedHead<T> {
 
         // 2. normalise, sample.
         let precision = self.config.precision;
-        let inv_xnorm = match self.config.loss.kind {
-            LossKind::Margin(_) => Some(rows::normalize_rows(&xg, d, &mut self.xn)),
-            LossKind::Softmax => {
-                self.xn.clear();
-                self.xn.extend_from_slice(&xg);
-                None
-            }
-        };
-        let xop: Vec<T> = if precision == Precision::F32 {
-            Vec::new()
-        } else {
-            self.xn.iter().map(|v| v.round_to(precision)).collect()
-        };
-        let (sampled, targets) = batch_classes(self.shard, &labels_g, &self.config, step);
-        let loss = match &self.config.loss.kind {
-            LossKind::Softmax => tile::TileLoss::Softmax,
-            LossKind::Margin(m) => tile::TileLoss::Margin {
-                margin: Margin::new(m),
-                scale: T::from_f64(m.scale),
-                filter: m.interclass_filter.map(T::from_f64),
-            },
-        };
-        let plan = Plan::new(
-            rows,
-            d,
-            sampled.len(),
-            rayon::current_num_threads(),
-            self.config.chunk_size,
-            self.config.memory_budget,
-            size_of::<T>(),
-        );
+        let Sampling {
+            inv_xnorm,
+            xop,
+            sampled,
+            targets,
+            loss,
+            plan,
+        } = self.normalise_and_sample(&xg, &labels_g, step);
         let setup = StepSetup {
             rows,
             dim: d,
@@ -593,6 +618,19 @@ impl<T: HeadFloat> ShardedHead<T> {
             },
         })
     }
+}
+
+/// Phase 2's result on the host (the normalised features stay in the head's buffer).
+struct Sampling<T: HeadFloat> {
+    /// `1 / |x_i|` (margin losses).
+    inv_xnorm: Option<Vec<T>>,
+    /// The normalised features rounded to the product precision (empty in f32: the buffer
+    /// itself is the operand).
+    xop: Vec<T>,
+    sampled: SampledClasses,
+    targets: Vec<usize>,
+    loss: tile::TileLoss<T>,
+    plan: Plan,
 }
 
 /// Phase 1's result on the host: the global batch as this rank sees it.
