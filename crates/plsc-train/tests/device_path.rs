@@ -261,6 +261,7 @@ fn device_path_on_flex_matches_the_cpu_kernel() {
                 &dir.path().join("device"),
             );
             let diff = max_rel_diff(&dev.losses, &host.losses);
+            eprintln!("ranks {ranks}, r = {ratio}: largest relative loss difference {diff:.2e}");
             assert!(
                 diff < TOLERANCE,
                 "ranks {ranks}, r = {ratio}: losses differ by {diff:e} (relative)\n host {:?}\n device {:?}",
