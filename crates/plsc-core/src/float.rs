@@ -1,7 +1,7 @@
-//! The float types the head computes in (`f32`, and `f64` for references and checks), and the
-//! precision of its matrix-product operands.
+//! The precision of the head's matrix-product operands, shared by the CPU kernel and the device
+//! path. The float types the host head computes in ([`crate::cpu::HeadFloat`]: `f32`, and
+//! `f64` for references and checks) belong to the CPU kernel they run on.
 
-use plsc_comm::Element;
 use serde::{Deserialize, Serialize};
 
 /// Precision of the operands of the head's matrix products. Accumulation, softmax statistics and
@@ -29,67 +29,6 @@ impl std::str::FromStr for Precision {
             _ => Err(format!(
                 "unknown precision `{s}`: expected f32, f16 or bf16"
             )),
-        }
-    }
-}
-
-/// A float the head computes in. Implemented for `f32` and `f64`.
-pub trait HeadFloat:
-    num_traits::Float
-    + Element
-    + std::fmt::Debug
-    + std::iter::Sum
-    + Send
-    + Sync
-    + 'static
-    + crate::cpu::Kernel
-{
-    fn from_f64(v: f64) -> Self;
-    fn as_f64(self) -> f64;
-    /// Rounds to the operand precision (identity for `F32` and for `f64`).
-    fn round_to(self, p: Precision) -> Self;
-    /// `out[i] = exp(x[i])` for `x[i] <= 0` (softmax numerators after the max is subtracted).
-    fn exp_nonpositive_in_place(x: &mut [Self]);
-}
-
-impl HeadFloat for f32 {
-    #[inline(always)]
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    #[inline(always)]
-    fn as_f64(self) -> f64 {
-        self as f64
-    }
-    #[inline(always)]
-    fn round_to(self, p: Precision) -> Self {
-        match p {
-            Precision::F32 => self,
-            Precision::F16 => half::f16::from_f32(self).to_f32(),
-            Precision::Bf16 => half::bf16::from_f32(self).to_f32(),
-        }
-    }
-    fn exp_nonpositive_in_place(x: &mut [Self]) {
-        crate::fast_exp::exp_in_place(x)
-    }
-}
-
-impl HeadFloat for f64 {
-    #[inline(always)]
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn as_f64(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn round_to(self, _p: Precision) -> Self {
-        self
-    }
-    fn exp_nonpositive_in_place(x: &mut [Self]) {
-        for v in x {
-            *v = v.exp();
         }
     }
 }

@@ -5,7 +5,7 @@
 //! therefore the same whatever the rank count: a 1-rank and a 4-rank run start from the same
 //! model, and any shard can be initialised on its own.
 
-use crate::float::HeadFloat;
+use crate::cpu::HeadFloat;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};

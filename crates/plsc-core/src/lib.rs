@@ -21,9 +21,10 @@ pub mod sampling;
 pub mod sgd;
 pub mod shard;
 
+pub use cpu::HeadFloat;
 pub use device_head::{DeviceHead, DeviceHeadOutput, DeviceUpdate, HeadGradient};
 pub use error::HeadError;
-pub use float::{HeadFloat, Precision};
+pub use float::Precision;
 pub use head::{
     Accuracy, DEFAULT_MEMORY_BUDGET, HeadConfig, HeadOutput, HeadPath, HeadTimings, ShardedHead,
     WeightUpdate,

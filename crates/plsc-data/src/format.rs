@@ -13,6 +13,10 @@ use crate::error::{DataError, LineError, Result};
 /// Name of the list of part files in a data folder.
 pub const FILE_LIST_NAME: &str = "file_list.txt";
 
+/// Side file of a data folder (class id -> name, `id\tname` lines), written by the folder
+/// importer.
+pub const CLASS_MAP_NAME: &str = "class_map.tsv";
+
 /// Standard base64 alphabet; padding optional when reading, always written.
 const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,

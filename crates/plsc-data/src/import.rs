@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use crate::error::{DataError, LineError, Location, Result};
 use crate::folder::{Skipped, scan_class_folder};
-use crate::format::{ImageCheck, check_image};
+use crate::format::{CLASS_MAP_NAME, ImageCheck, check_image};
 use crate::recordio::RecDataset;
 use crate::resize::ResizeTo;
-use crate::writer::{CLASS_MAP_NAME, WriteOptions, WriteSummary, write_dataset};
+use crate::writer::{WriteOptions, WriteSummary, write_dataset};
 
 fn image_err(location: Location, e: LineError) -> DataError {
     match location {

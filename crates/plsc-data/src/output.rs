@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
-use crate::format::{FILE_LIST_NAME, read_file_list, write_file_list};
+use crate::format::{CLASS_MAP_NAME, FILE_LIST_NAME, read_file_list, write_file_list};
 
 /// A data folder being written. Call [`StagedOutput::commit`] to publish it; dropping it
 /// without committing removes the staging folder.
@@ -160,7 +160,7 @@ fn check_replaceable(target: &Path) -> Result<()> {
         ));
     }
     let mut allowed: Vec<PathBuf> = read_file_list(&list)?;
-    allowed.push(target.join(crate::writer::CLASS_MAP_NAME));
+    allowed.push(target.join(CLASS_MAP_NAME));
     allowed.push(list);
     for e in &entries {
         if !allowed.iter().any(|a| a == e) {

@@ -16,9 +16,6 @@ use crate::index::LineIndex;
 use crate::output::StagedOutput;
 use crate::shuffle::{Remainder, ShuffleSplitOptions, ShuffleSplitSummary, shuffle_split_index};
 
-/// Side file (class id -> name) written by the folder importer.
-pub const CLASS_MAP_NAME: &str = "class_map.tsv";
-
 /// Where and how a tool writes its data folder.
 #[derive(Debug, Clone)]
 pub struct WriteOptions {

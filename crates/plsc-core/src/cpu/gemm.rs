@@ -6,7 +6,7 @@
 //! (`cblas_sgemm` / `cblas_dgemm`, OpenBLAS limited to one thread per call for the same
 //! reason); [`backend_name`] says which one a build uses.
 
-use crate::float::HeadFloat;
+use super::HeadFloat;
 use gemm::Parallelism;
 
 /// The GEMM implementation of this build: `"gemm crate"` or `"OpenBLAS"`.

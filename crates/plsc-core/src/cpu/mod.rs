@@ -20,8 +20,9 @@ pub mod rows;
 pub mod tile;
 pub mod topk;
 
-use crate::float::{HeadFloat, Precision};
+use crate::float::Precision;
 use crate::sampling::SampledClasses;
+use plsc_comm::Element;
 use rayon::prelude::*;
 use std::ops::Range;
 use tile::{RowStats, TileInfo, TileLoss};
@@ -159,6 +160,62 @@ macro_rules! impl_kernel {
 }
 
 impl_kernel!(f32, f64);
+
+/// A float the host head computes in, with its CPU kernel ([`Kernel`]). Implemented for `f32`
+/// and `f64`. It lives with the kernel (not in [`crate::float`]) so that the kernel and the
+/// float type it is compiled for are one module: `float` holds only the operand [`Precision`].
+pub trait HeadFloat:
+    num_traits::Float + Element + std::fmt::Debug + std::iter::Sum + Send + Sync + 'static + Kernel
+{
+    fn from_f64(v: f64) -> Self;
+    fn as_f64(self) -> f64;
+    /// Rounds to the operand precision (identity for `F32` and for `f64`).
+    fn round_to(self, p: Precision) -> Self;
+    /// `out[i] = exp(x[i])` for `x[i] <= 0` (softmax numerators after the max is subtracted).
+    fn exp_nonpositive_in_place(x: &mut [Self]);
+}
+
+impl HeadFloat for f32 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn round_to(self, p: Precision) -> Self {
+        match p {
+            Precision::F32 => self,
+            Precision::F16 => half::f16::from_f32(self).to_f32(),
+            Precision::Bf16 => half::bf16::from_f32(self).to_f32(),
+        }
+    }
+    fn exp_nonpositive_in_place(x: &mut [Self]) {
+        crate::fast_exp::exp_in_place(x)
+    }
+}
+
+impl HeadFloat for f64 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn round_to(self, _p: Precision) -> Self {
+        self
+    }
+    fn exp_nonpositive_in_place(x: &mut [Self]) {
+        for v in x {
+            *v = v.exp();
+        }
+    }
+}
 
 /// Everything the kernel reads for one step.
 pub struct StepSetup<'a, T> {

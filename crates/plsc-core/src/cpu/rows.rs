@@ -3,7 +3,7 @@
 //! Row normalisation is `xn = x / max(|x|, eps)` (PyTorch's `F.normalize`). Its backward, for an
 //! incoming gradient `g = dL/dxn` and `|x| > eps`, is `dL/dx = (g - (g . xn) xn) / |x|`.
 
-use crate::float::HeadFloat;
+use super::HeadFloat;
 
 /// The epsilon of the row normalisation (PyTorch's `F.normalize` default).
 pub const NORM_EPS: f64 = 1e-12;

@@ -26,9 +26,10 @@
 //! value a real logit `s c` only takes for an exactly orthogonal pair, to mark them for the
 //! backward pass without a separate mask.
 
+use super::HeadFloat;
 use super::rows::{max_of, sum_of};
 use super::topk::TopK;
-use crate::float::{HeadFloat, Precision};
+use crate::float::Precision;
 use crate::margin::Margin;
 
 /// The loss-specific constants of the tile math.
