@@ -251,8 +251,10 @@ where
     let stream = open_stream(entry, rank)?;
     let spe = checked_steps_per_epoch(entry, &stream)?;
 
-    // Rank 0 decides; a failure there is told to the others instead of leaving them waiting.
+    // Rank 0 decides; a failure there is told to the others instead of leaving them waiting,
+    // and rank 0 returns its own error (with its type: e.g. damaged checkpoints).
     let mut files = None;
+    let mut failure = None;
     let decided: std::result::Result<SharedStart, String> = if rank == 0 {
         match find_beginning(entry).and_then(|b| {
             let f = open_run_files(entry, &b, b.steps_done)?;
@@ -263,7 +265,11 @@ where
                 files = Some(f);
                 Ok(shared)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                let msg = e.to_string();
+                failure = Some(e);
+                Err(msg)
+            }
         }
     } else {
         Err(String::new())
@@ -272,10 +278,10 @@ where
     let shared: SharedStart = match shared {
         Ok(s) => s,
         Err(msg) if rank == 0 => {
-            return Err(TrainError::Config {
+            return Err(failure.unwrap_or(TrainError::Config {
                 name: "run",
                 detail: msg,
-            });
+            }));
         }
         Err(msg) => {
             return Err(TrainError::Config {
