@@ -1,7 +1,7 @@
 //! [`NcclComm`]: construction, the locked session every collective runs in, the raw NCCL
 //! calls on device pointers, and waiting for completion with NCCL's error checks.
 
-use std::ffi::{CStr, c_void};
+use std::ffi::CStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use cudarc::nccl::sys::{self as nsys, ncclComm_t, ncclRedOp_t, ncclResult_t};
 
 use super::dtype::DeviceDType;
 use super::library::{guarded, require_libraries};
+use super::ptr::DeviceAddr;
 use super::unique_id;
 use super::validate::{DESC_WORDS, Desc, check};
 use crate::communicator::ReduceOp;
@@ -97,20 +98,26 @@ pub(crate) fn nccl_error(
     code: ncclResult_t,
     comm: Option<ncclComm_t>,
 ) -> CommError {
-    // SAFETY: NCCL returns static, NUL-terminated strings (or null).
+    // NCCL returns static, NUL-terminated strings (or null).
     let text = |p: *const std::ffi::c_char| {
         if p.is_null() {
             String::new()
         } else {
+            // SAFETY: non-null, and NCCL's error strings are static and NUL-terminated.
             unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
         }
     };
     let what = guarded(rank, op, || {
+        // SAFETY: takes any result code by value and returns a static string.
         Ok(text(unsafe { nsys::ncclGetErrorString(code) }))
     })
     .unwrap_or_default();
     let last = comm
-        .and_then(|c| guarded(rank, op, || Ok(text(unsafe { nsys::ncclGetLastError(c) }))).ok())
+        .and_then(|c| {
+            // SAFETY: `c` is the live communicator the failed call used (callers pass `None`
+            // once it is aborted or before it exists).
+            guarded(rank, op, || Ok(text(unsafe { nsys::ncclGetLastError(c) }))).ok()
+        })
         .filter(|s| !s.is_empty())
         .map(|s| format!(" ({s})"))
         .unwrap_or_default();
@@ -436,27 +443,32 @@ impl Session<'_> {
     }
 
     /// The device address of a staging buffer.
-    pub fn ptr<T>(&self, d: &CudaSlice<T>) -> u64 {
+    pub fn ptr<T>(&self, d: &CudaSlice<T>) -> DeviceAddr {
         let (p, _sync) = d.device_ptr(&self.comm.stream);
-        p
+        DeviceAddr::from_raw(p)
     }
 
     // Raw NCCL collectives on device addresses, queued on the communicator's stream.
-    // SAFETY (all): the caller guarantees the addresses hold the stated number of elements
-    // of `dtype` on this communicator's device, and stay alive until `wait` returns.
+    //
+    // # Safety (every function below)
+    // The caller guarantees that the addresses hold the stated number of elements of `dtype`
+    // on this communicator's device, that they stay alive until `wait` returns, and that no
+    // other stream writes them meanwhile.
 
     pub unsafe fn all_reduce(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
         op: ReduceOp,
     ) -> Result<(), CommError> {
+        // SAFETY: the addresses and counts are this function's contract (see above); the
+        // communicator and its stream are alive while `self` borrows them.
         let r = unsafe {
             nccl::all_reduce(
-                send as *const c_void,
-                recv as *mut c_void,
+                send.as_send(),
+                recv.as_recv(),
                 count,
                 dtype.nccl(),
                 nccl_op(op),
@@ -469,15 +481,17 @@ impl Session<'_> {
 
     pub unsafe fn all_gather(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
     ) -> Result<(), CommError> {
+        // SAFETY: the addresses and counts are this function's contract (see above); the
+        // communicator and its stream are alive while `self` borrows them.
         let r = unsafe {
             nccl::all_gather(
-                send as *const c_void,
-                recv as *mut c_void,
+                send.as_send(),
+                recv.as_recv(),
                 count,
                 dtype.nccl(),
                 self.raw(),
@@ -489,16 +503,18 @@ impl Session<'_> {
 
     pub unsafe fn reduce_scatter(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         recv_count: usize,
         dtype: DeviceDType,
         op: ReduceOp,
     ) -> Result<(), CommError> {
+        // SAFETY: the addresses and counts are this function's contract (see above); the
+        // communicator and its stream are alive while `self` borrows them.
         let r = unsafe {
             nccl::reduce_scatter(
-                send as *const c_void,
-                recv as *mut c_void,
+                send.as_send(),
+                recv.as_recv(),
                 recv_count,
                 dtype.nccl(),
                 nccl_op(op),
@@ -512,16 +528,18 @@ impl Session<'_> {
     /// `send` is read on `root` only; `recv` receives on every rank.
     pub unsafe fn broadcast(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
         root: usize,
     ) -> Result<(), CommError> {
+        // SAFETY: the addresses and counts are this function's contract (see above); the
+        // communicator and its stream are alive while `self` borrows them.
         let r = unsafe {
             nccl::broadcast(
-                send as *const c_void,
-                recv as *mut c_void,
+                send.as_send(),
+                recv.as_recv(),
                 count,
                 dtype.nccl(),
                 root as i32,
@@ -535,17 +553,19 @@ impl Session<'_> {
     /// `recv` is written on `root` only.
     pub unsafe fn reduce(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
         op: ReduceOp,
         root: usize,
     ) -> Result<(), CommError> {
+        // SAFETY: the addresses and counts are this function's contract (see above); the
+        // communicator and its stream are alive while `self` borrows them.
         let r = unsafe {
             nccl::reduce(
-                send as *const c_void,
-                recv as *mut c_void,
+                send.as_send(),
+                recv.as_recv(),
                 count,
                 dtype.nccl(),
                 nccl_op(op),
@@ -559,14 +579,16 @@ impl Session<'_> {
 
     pub unsafe fn send(
         &self,
-        send: u64,
+        send: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
         peer: usize,
     ) -> Result<(), CommError> {
+        // SAFETY: the addresses and counts are this function's contract (see above); the
+        // communicator and its stream are alive while `self` borrows them.
         let r = unsafe {
             nccl::send(
-                send as *const c_void,
+                send.as_send(),
                 count,
                 dtype.nccl(),
                 peer as i32,
@@ -579,14 +601,16 @@ impl Session<'_> {
 
     pub unsafe fn recv(
         &self,
-        recv: u64,
+        recv: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
         peer: usize,
     ) -> Result<(), CommError> {
+        // SAFETY: the addresses and counts are this function's contract (see above); the
+        // communicator and its stream are alive while `self` borrows them.
         let r = unsafe {
             nccl::recv(
-                recv as *mut c_void,
+                recv.as_recv(),
                 count,
                 dtype.nccl(),
                 peer as i32,
@@ -602,23 +626,26 @@ impl Session<'_> {
     /// `offsets[r]` elements. (An all-to-all of the reduce-scatter blocks, via send/recv.)
     pub unsafe fn gather_blocks(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         counts: &[usize],
         dtype: DeviceDType,
     ) -> Result<(), CommError> {
         let me = self.rank();
-        let size = dtype.size() as u64;
         let mine = counts[me];
         self.group(|| {
-            let mut off = 0u64;
+            let mut off = 0;
             for (peer, &c) in counts.iter().enumerate() {
                 if c > 0 {
-                    unsafe { self.send(send + off * size, c, dtype, peer)? };
+                    // SAFETY: rank `peer`'s block is elements `off..off + c` of `send`, inside
+                    // its `sum(counts)` elements (this function's contract).
+                    unsafe { self.send(send.offset(off, dtype), c, dtype, peer)? };
                 }
-                off += c as u64;
+                off += c;
                 if mine > 0 {
-                    let dst = recv + (peer * mine) as u64 * size;
+                    let dst = recv.offset(peer * mine, dtype);
+                    // SAFETY: block `peer` of `recv` is elements `peer * mine..(peer + 1) *
+                    // mine`, inside its `world * counts[rank]` elements (the contract).
                     unsafe { self.recv(dst, mine, dtype, peer)? };
                 }
             }
@@ -630,22 +657,24 @@ impl Session<'_> {
     /// land at `recv` in rank order, through one group of broadcasts.
     pub unsafe fn all_gather_var(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         counts: &[usize],
         dtype: DeviceDType,
     ) -> Result<(), CommError> {
         let me = self.rank();
-        let size = dtype.size() as u64;
         self.group(|| {
-            let mut off = 0u64;
+            let mut off = 0;
             for (root, &c) in counts.iter().enumerate() {
-                let dst = recv + off * size;
+                let dst = recv.offset(off, dtype);
                 if c > 0 {
                     let src = if root == me { send } else { dst };
+                    // SAFETY: `dst` is elements `off..off + c` of `recv`, inside its
+                    // `sum(counts)` elements; on the root `src` is its own `c` elements at
+                    // `send` (the contract), elsewhere NCCL does not read it.
                     unsafe { self.broadcast(src, dst, c, dtype, root)? };
                 }
-                off += c as u64;
+                off += c;
             }
             Ok(())
         })
@@ -668,6 +697,8 @@ impl Session<'_> {
         let words = desc.encode();
         let send = self.upload(&words)?;
         let recv = self.alloc::<i64>(DESC_WORDS * self.world())?;
+        // SAFETY: `send` holds DESC_WORDS i64 and `recv` world x DESC_WORDS, both staging
+        // buffers alive until after `wait` below.
         unsafe {
             self.all_gather(
                 self.ptr(&send),

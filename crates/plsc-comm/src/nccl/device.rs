@@ -11,6 +11,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::comm::NcclComm;
 use super::dtype::{DeviceDType, DeviceElement};
+use super::ptr::DeviceAddr;
 use super::validate::{Desc, check};
 use crate::communicator::ReduceOp;
 use crate::error::CommError;
@@ -41,7 +42,9 @@ impl NcclComm {
             ));
         }
         let (src, _a) = send.device_ptr(self.stream());
+        let src = DeviceAddr::from_raw(src);
         let (dst, _b) = recv.device_ptr_mut(self.stream());
+        let dst = DeviceAddr::from_raw(dst);
         // SAFETY: both buffers hold `n` elements of `T` and are borrowed for the whole call.
         unsafe { self.all_reduce_ptr(src, dst, n, T::DEVICE_DTYPE, op) }
     }
@@ -58,6 +61,7 @@ impl NcclComm {
     {
         let n = buf.len();
         let (p, _a) = buf.device_ptr_mut(self.stream());
+        let p = DeviceAddr::from_raw(p);
         // SAFETY: `buf` holds `n` elements of `T` and is borrowed for the whole call.
         unsafe { self.all_reduce_ptr(p, p, n, T::DEVICE_DTYPE, op) }
     }
@@ -72,7 +76,9 @@ impl NcclComm {
     {
         let (n, m) = (send.len(), recv.len());
         let (src, _a) = send.device_ptr(self.stream());
+        let src = DeviceAddr::from_raw(src);
         let (dst, _b) = recv.device_ptr_mut(self.stream());
+        let dst = DeviceAddr::from_raw(dst);
         // SAFETY: lengths are checked (against `m`) inside before NCCL runs.
         unsafe { self.all_gather_ptr_checked(src, n, dst, m, T::DEVICE_DTYPE) }
     }
@@ -93,7 +99,9 @@ impl NcclComm {
         let counts = vec![recv.len(); self.world()];
         let n = send.len();
         let (src, _a) = send.device_ptr(self.stream());
+        let src = DeviceAddr::from_raw(src);
         let (dst, _b) = recv.device_ptr_mut(self.stream());
+        let dst = DeviceAddr::from_raw(dst);
         // SAFETY: the buffers' lengths are passed and checked before NCCL runs.
         unsafe {
             self.reduce_scatter_ptr_checked(src, n, dst, counts[0], &counts, T::DEVICE_DTYPE, op)
@@ -108,6 +116,7 @@ impl NcclComm {
     {
         let n = buf.len();
         let (p, _a) = buf.device_ptr_mut(self.stream());
+        let p = DeviceAddr::from_raw(p);
         // SAFETY: `buf` holds `n` elements and is borrowed for the whole call.
         unsafe { self.broadcast_ptr(p, p, n, T::DEVICE_DTYPE, root) }
     }
@@ -119,8 +128,8 @@ impl NcclComm {
     /// device, stay alive for the call, and have no unfinished writes on another stream.
     pub unsafe fn all_reduce_ptr(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
         op: ReduceOp,
@@ -128,6 +137,8 @@ impl NcclComm {
         self.session("all_reduce_device", |s| {
             s.agree(Desc::all_reduce(dtype, count, op), None)?;
             if count > 0 {
+                // SAFETY: `count` elements of `dtype` at both addresses, alive until `wait`
+                // (this function's contract); the ranks agreed on the call above.
                 unsafe { s.all_reduce(send, recv, count, dtype, op)? };
             }
             s.wait()
@@ -142,9 +153,9 @@ impl NcclComm {
     /// `recv`.
     pub unsafe fn all_gather_ptr_checked(
         &self,
-        send: u64,
+        send: DeviceAddr,
         send_len: usize,
-        recv: u64,
+        recv: DeviceAddr,
         recv_len: usize,
         dtype: DeviceDType,
     ) -> Result<(), CommError> {
@@ -161,6 +172,8 @@ impl NcclComm {
                 ));
             }
             if send_len > 0 {
+                // SAFETY: `send_len` elements at `send`, `recv_len == world * send_len` at
+                // `recv` (checked just above), alive until `wait` (the contract).
                 unsafe { s.all_gather(send, recv, send_len, dtype)? };
             }
             s.wait()
@@ -177,9 +190,9 @@ impl NcclComm {
     /// `recv_capacity` at `recv`.
     pub unsafe fn all_gather_var_ptr(
         &self,
-        send: u64,
+        send: DeviceAddr,
         send_len: usize,
-        recv: u64,
+        recv: DeviceAddr,
         recv_capacity: usize,
         counts: &[usize],
         dtype: DeviceDType,
@@ -195,6 +208,8 @@ impl NcclComm {
                     ),
                 ));
             }
+            // SAFETY: `counts[rank] == send_len` elements at `send` and `sum(counts) <=
+            // recv_capacity` at `recv` (checked just above), alive until `wait`.
             unsafe { s.all_gather_var(send, recv, counts, dtype)? };
             s.wait()
         })
@@ -219,9 +234,9 @@ impl NcclComm {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn reduce_scatter_ptr_checked(
         &self,
-        send: u64,
+        send: DeviceAddr,
         send_len: usize,
-        recv: u64,
+        recv: DeviceAddr,
         recv_len: usize,
         counts: &[usize],
         dtype: DeviceDType,
@@ -242,16 +257,21 @@ impl NcclComm {
             }
             if total > 0 {
                 if counts.iter().all(|&c| c == counts[0]) {
+                    // SAFETY: equal counts: `send` holds `world * counts[0] == send_len` and
+                    // `recv` `counts[rank] == recv_len` elements (checked above).
                     unsafe { s.reduce_scatter(send, recv, counts[0], dtype, op)? };
                 } else {
-                    let size = dtype.size() as u64;
                     s.group(|| {
-                        let mut off = 0u64;
+                        let mut off = 0;
                         for (root, &c) in counts.iter().enumerate() {
                             if c > 0 {
-                                unsafe { s.reduce(send + off * size, recv, c, dtype, op, root)? };
+                                let src = send.offset(off, dtype);
+                                // SAFETY: block `root` is elements `off..off + c` of `send`
+                                // (`sum(counts) == send_len`, checked); `recv` is written on
+                                // `root` only, where `c == counts[rank] == recv_len`.
+                                unsafe { s.reduce(src, recv, c, dtype, op, root)? };
                             }
-                            off += c as u64;
+                            off += c;
                         }
                         Ok(())
                     })?;
@@ -270,9 +290,9 @@ impl NcclComm {
     /// `world * counts[rank]` at `recv`.
     pub unsafe fn gather_blocks_ptr(
         &self,
-        send: u64,
+        send: DeviceAddr,
         send_len: usize,
-        recv: u64,
+        recv: DeviceAddr,
         counts: &[usize],
         dtype: DeviceDType,
     ) -> Result<(), CommError> {
@@ -291,6 +311,8 @@ impl NcclComm {
                 ));
             }
             if total > 0 {
+                // SAFETY: `sum(counts) == send_len` elements at `send` (checked above) and
+                // `world * counts[rank]` at `recv` (the contract), alive until `wait`.
                 unsafe { s.gather_blocks(send, recv, counts, dtype)? };
             }
             s.wait()
@@ -304,8 +326,8 @@ impl NcclComm {
     /// As [`NcclComm::all_reduce_ptr`], with `count` elements at `send` and `recv`.
     pub unsafe fn broadcast_ptr(
         &self,
-        send: u64,
-        recv: u64,
+        send: DeviceAddr,
+        recv: DeviceAddr,
         count: usize,
         dtype: DeviceDType,
         root: usize,
@@ -321,6 +343,8 @@ impl NcclComm {
                 });
             }
             if count > 0 {
+                // SAFETY: `count` elements at both addresses (the contract), `root` checked
+                // to be a rank, the call agreed across ranks above.
                 unsafe { s.broadcast(send, recv, count, dtype, root)? };
             }
             s.wait()
@@ -334,7 +358,7 @@ impl NcclComm {
     /// As [`NcclComm::all_reduce_ptr`] for every item.
     pub unsafe fn all_gather_many_ptr(
         &self,
-        items: &[(u64, u64, usize, DeviceDType)],
+        items: &[(DeviceAddr, DeviceAddr, usize, DeviceDType)],
     ) -> Result<(), CommError> {
         self.session("all_reduce_sum_fused_device", |s| {
             let list: Vec<(DeviceDType, usize)> =
@@ -343,6 +367,8 @@ impl NcclComm {
             s.group(|| {
                 for &(src, dst, n, d) in items {
                     if n > 0 {
+                        // SAFETY: each item's `n` elements at `src` and `world * n` at `dst`
+                        // (the contract), alive until `wait`.
                         unsafe { s.all_gather(src, dst, n, d)? };
                     }
                 }
@@ -359,7 +385,7 @@ impl NcclComm {
     /// As [`NcclComm::all_reduce_ptr`] for every item.
     pub unsafe fn all_reduce_sum_many_ptr(
         &self,
-        items: &[(u64, u64, usize, DeviceDType)],
+        items: &[(DeviceAddr, DeviceAddr, usize, DeviceDType)],
     ) -> Result<(), CommError> {
         self.session("all_reduce_sum_fused_device", |s| {
             let list: Vec<(DeviceDType, usize)> =
@@ -368,6 +394,8 @@ impl NcclComm {
             s.group(|| {
                 for &(src, dst, n, d) in items {
                     if n > 0 {
+                        // SAFETY: each item's `n` elements at `src` and `dst` (the contract),
+                        // alive until `wait`.
                         unsafe { s.all_reduce(src, dst, n, d, ReduceOp::Sum)? };
                     }
                 }

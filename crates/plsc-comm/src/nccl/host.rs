@@ -56,6 +56,8 @@ fn all_reduce_staged<T: Staged>(
         Reduction::RankOrder => {
             let world = s.world();
             let all_d = s.alloc::<T>(n * world)?;
+            // SAFETY: staging buffers of `n` and `n * world` elements of `T`, alive until
+            // after `wait`.
             unsafe { s.all_gather(s.ptr(&d), s.ptr(&all_d), n, dt)? };
             s.wait()?;
             let mut all = vec![T::default(); n * world];
@@ -63,6 +65,8 @@ fn all_reduce_staged<T: Staged>(
             fold_rank_order(&all, buf, op);
         }
         Reduction::Nccl => {
+            // SAFETY: in place on the staging buffer of `n` elements of `T`, alive until
+            // after `wait`.
             unsafe { s.all_reduce(s.ptr(&d), s.ptr(&d), n, dt, op)? };
             s.wait()?;
             s.download(&d, buf)?;
@@ -113,6 +117,8 @@ fn fused_rank_order(s: &Session<'_>, bufs: &mut [HostSliceMut<'_>]) -> Result<()
                 Dev::I64(a, g) => (s.ptr(a), s.ptr(g)),
                 Dev::U8(a, g) => (s.ptr(a), s.ptr(g)),
             };
+            // SAFETY: the pair was allocated for this buffer: `n` and `n * world` elements of
+            // its type, alive (in `devs`) until after `wait`.
             unsafe { s.all_gather(src, dst, n, dt)? };
         }
         Ok(())
@@ -168,6 +174,8 @@ fn fused_nccl(s: &Session<'_>, bufs: &mut [HostSliceMut<'_>]) -> Result<(), Comm
             if !b.is_empty() {
                 let p = ptr(d);
                 let dt = DeviceDType::from(b.dtype());
+                // SAFETY: in place on the staging copy of `b` (same length and type), alive
+                // (in `devs`) until after `wait`.
                 unsafe { s.all_reduce(p, p, b.len(), dt, ReduceOp::Sum)? };
             }
         }
@@ -193,6 +201,8 @@ fn all_gather_staged<T: Staged>(
 ) -> Result<(), CommError> {
     let d = s.upload(send)?;
     let g = s.alloc::<T>(recv.len())?;
+    // SAFETY: staging buffers of `send.len()` and `recv.len()` (validated to be world x
+    // send) elements of `T`, alive until after `wait`.
     unsafe { s.all_gather(s.ptr(&d), s.ptr(&g), send.len(), T::DEVICE_DTYPE)? };
     s.wait()?;
     s.download(&g, recv)
@@ -206,6 +216,8 @@ fn all_gather_var_staged<T: Staged>(
     let total: usize = counts.iter().sum();
     let d = s.upload(send)?;
     let g = s.alloc::<T>(total)?;
+    // SAFETY: `counts[rank] == send.len()` elements at `d` (counts come from the descriptor
+    // exchange) and `sum(counts)` at `g`, alive until after `wait`.
     unsafe { s.all_gather_var(s.ptr(&d), s.ptr(&g), counts, T::DEVICE_DTYPE)? };
     s.wait()?;
     let mut out = vec![T::default(); total];
@@ -226,6 +238,8 @@ fn reduce_scatter_staged<T: Staged>(
         Reduction::RankOrder => {
             let world = s.world();
             let g = s.alloc::<T>(counts[me] * world)?;
+            // SAFETY: `sum(counts)` (validated) elements at `d`, `counts[rank] * world` at
+            // `g`, alive until after `wait`.
             unsafe { s.gather_blocks(s.ptr(&d), s.ptr(&g), counts, dt)? };
             s.wait()?;
             let mut all = vec![T::default(); counts[me] * world];
@@ -235,17 +249,21 @@ fn reduce_scatter_staged<T: Staged>(
         Reduction::Nccl => {
             let out = s.alloc::<T>(recv.len())?;
             if counts.iter().all(|&c| c == counts[0]) {
+                // SAFETY: equal counts: `world * counts[0]` elements at `d` (validated) and
+                // `counts[0] == recv.len()` at `out`, alive until after `wait`.
                 unsafe { s.reduce_scatter(s.ptr(&d), s.ptr(&out), counts[0], dt, ReduceOp::Sum)? };
             } else {
-                let size = dt.size() as u64;
                 s.group(|| {
-                    let mut off = 0u64;
+                    let mut off = 0;
                     for (root, &c) in counts.iter().enumerate() {
                         if c > 0 {
-                            let src = s.ptr(&d) + off * size;
+                            let src = s.ptr(&d).offset(off, dt);
+                            // SAFETY: block `root` is elements `off..off + c` of `d`
+                            // (`sum(counts)` validated); `out` is written on `root` only,
+                            // where `c == recv.len()`.
                             unsafe { s.reduce(src, s.ptr(&out), c, dt, ReduceOp::Sum, root)? };
                         }
-                        off += c as u64;
+                        off += c;
                     }
                     Ok(())
                 })?;
@@ -264,6 +282,8 @@ fn broadcast_staged<T: Staged>(
 ) -> Result<(), CommError> {
     let d = s.upload(buf)?;
     let p = s.ptr(&d);
+    // SAFETY: in place on the staging copy of `buf`, alive until after `wait`; the root was
+    // validated with the descriptors.
     unsafe { s.broadcast(p, p, buf.len(), T::DEVICE_DTYPE, root)? };
     s.wait()?;
     s.download(&d, buf)

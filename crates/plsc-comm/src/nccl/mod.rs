@@ -55,10 +55,12 @@ mod device;
 mod dtype;
 mod host;
 pub mod library;
+pub mod ptr;
 pub mod tensor;
 mod unique_id;
 mod validate;
 
 pub use comm::{NcclComm, NcclOptions, Reduction};
 pub use dtype::{DeviceDType, DeviceElement};
+pub use ptr::DeviceAddr;
 pub use unique_id::UNIQUE_ID_BYTES;

@@ -25,6 +25,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 
 use super::comm::{NcclComm, Reduction};
 use super::dtype::DeviceDType;
+use super::ptr::DeviceAddr;
 use crate::communicator::{Communicator, ReduceOp};
 use crate::error::CommError;
 use crate::tensor::{TensorComm, host};
@@ -51,7 +52,7 @@ fn device_dtype(d: BurnDType) -> Option<DeviceDType> {
 /// A contiguous primitive with its device address (valid while `prim` lives).
 struct DevBuf {
     prim: Prim,
-    ptr: u64,
+    ptr: DeviceAddr,
     len: usize,
     dtype: DeviceDType,
 }
@@ -65,12 +66,12 @@ fn backend_err(rank: usize, op: &'static str, e: impl std::fmt::Debug) -> CommEr
 }
 
 impl DevBuf {
-    fn address(rank: usize, op: &'static str, prim: &Prim) -> Result<u64, CommError> {
+    fn address(rank: usize, op: &'static str, prim: &Prim) -> Result<DeviceAddr, CommError> {
         let res = prim
             .client
             .get_resource(prim.handle.clone())
             .map_err(|e| backend_err(rank, op, e))?;
-        Ok(res.resource().ptr)
+        Ok(DeviceAddr::from_raw(res.resource().ptr))
     }
 
     /// The buffer of `prim` (made contiguous first if it is a strided view).
@@ -90,7 +91,7 @@ impl DevBuf {
         };
         // An empty tensor may own no allocation; NCCL never reads an address with count 0.
         let ptr = if len == 0 {
-            0
+            DeviceAddr::from_raw(0)
         } else {
             Self::address(rank, op, &prim)?
         };
