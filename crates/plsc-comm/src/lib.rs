@@ -18,8 +18,10 @@
 //!   rank, never a hang.
 
 pub mod backend;
+mod call;
 mod communicator;
-mod desc_codec;
+#[cfg(feature = "nccl")]
+mod device_dtype;
 mod element;
 pub mod env;
 mod error;

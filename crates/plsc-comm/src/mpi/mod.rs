@@ -22,12 +22,11 @@ use ::mpi::traits::CommunicatorCollectives;
 
 use exchange::MpiElement;
 
+use crate::call::codec;
+use crate::call::{BufDesc, Desc, OpKind, validate};
 use crate::communicator::{Communicator, ReduceOp};
-use crate::desc_codec;
 use crate::element::{HostSlice, HostSliceMut, HostVec};
 use crate::error::CommError;
-use crate::thread_group::desc::{BufDesc, Desc, OpKind};
-use crate::thread_group::validate::validate;
 
 /// MPI's world communicator with the raw handle made shareable: calls are serialised by the
 /// mutex in [`MpiComm`] and MPI was initialised with at least `MPI_THREAD_SERIALIZED`.
@@ -113,7 +112,7 @@ impl MpiComm {
     /// All-gathers every rank's descriptor and validates them (the same outcome everywhere).
     fn agree(&self, comm: &SimpleCommunicator, desc: &Desc) -> Result<Vec<Desc>, CommError> {
         let op = desc.op.name();
-        let words = desc_codec::encode(desc);
+        let words = codec::encode(desc);
         let mut lens = vec![0u64; self.world_size];
         comm.all_gather_into(&(words.len() as u64), &mut lens[..]);
         let counts: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
@@ -122,7 +121,7 @@ impl MpiComm {
         let mut descs = Vec::with_capacity(self.world_size);
         let mut at = 0;
         for (r, &n) in counts.iter().enumerate() {
-            let d = desc_codec::decode(&all[at..at + n]).ok_or_else(|| CommError::Mismatch {
+            let d = codec::decode(&all[at..at + n]).ok_or_else(|| CommError::Mismatch {
                 rank: self.rank,
                 op,
                 detail: format!("rank {r} sent a descriptor this build cannot read"),

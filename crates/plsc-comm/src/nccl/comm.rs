@@ -13,7 +13,7 @@ use super::dtype::DeviceDType;
 use super::library::{guarded, require_libraries};
 use super::ptr::DeviceAddr;
 use super::unique_id;
-use super::validate::{DESC_WORDS, Desc, check};
+use crate::call::fixed::{DESC_WORDS, Desc, check};
 use crate::communicator::ReduceOp;
 use crate::error::CommError;
 

@@ -12,7 +12,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 use super::comm::NcclComm;
 use super::dtype::{DeviceDType, DeviceElement};
 use super::ptr::DeviceAddr;
-use super::validate::{Desc, check};
+use crate::call::fixed::{Desc, check};
 use crate::communicator::ReduceOp;
 use crate::error::CommError;
 

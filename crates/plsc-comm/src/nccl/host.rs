@@ -6,7 +6,7 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 use super::comm::{NcclComm, Reduction, Session};
 use super::dtype::{DeviceDType, DeviceElement};
-use super::validate::{Desc, check};
+use crate::call::fixed::{Desc, check};
 use crate::communicator::{Communicator, ReduceOp};
 use crate::element::{Element, HostSlice, HostSliceMut, HostVec};
 use crate::error::CommError;

@@ -58,7 +58,6 @@ pub mod library;
 pub mod ptr;
 pub mod tensor;
 mod unique_id;
-mod validate;
 
 pub use comm::{NcclComm, NcclOptions, Reduction};
 pub use dtype::{DeviceDType, DeviceElement};

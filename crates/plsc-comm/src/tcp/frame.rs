@@ -9,10 +9,10 @@
 
 use std::io::{self, Read, Write};
 
-use crate::desc_codec;
+use crate::call::Failure;
+use crate::call::codec;
 use crate::element::DType;
 use crate::rendezvous::wire::{read_bytes, read_u64, write_bytes};
-use crate::thread_group::validate::Failure;
 
 /// What the hub answers.
 #[derive(Debug)]
@@ -107,7 +107,7 @@ pub(crate) fn write_reply(w: &mut impl Write, reply: &Reply) -> io::Result<()> {
                 }
                 Failure::DType(d) => {
                     w.write_all(&[2])?;
-                    let words: Vec<u64> = d.iter().map(|&t| desc_codec::dtype_code(t)).collect();
+                    let words: Vec<u64> = d.iter().map(|&t| codec::dtype_code(t)).collect();
                     write_words(w, &words)?;
                 }
                 Failure::BadRank(b) => {
@@ -151,7 +151,7 @@ pub(crate) fn read_reply(r: &mut impl Read) -> io::Result<Reply> {
                 2 => Failure::DType(
                     read_words(r)?
                         .into_iter()
-                        .map(|c| desc_codec::dtype_of(c).ok_or_else(|| bad("unknown dtype")))
+                        .map(|c| codec::dtype_of(c).ok_or_else(|| bad("unknown dtype")))
                         .collect::<io::Result<Vec<DType>>>()?,
                 ),
                 3 => Failure::BadRank(usize_of(read_u64(r)?)),

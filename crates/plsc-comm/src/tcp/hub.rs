@@ -2,9 +2,9 @@
 //! order 0..N-1 with the crate's element operations, as the thread group does, so the results
 //! have the same bits.
 
+use crate::call::{Desc, OpKind};
 use crate::communicator::ReduceOp;
 use crate::element::{DType, Element};
-use crate::thread_group::desc::{Desc, OpKind};
 
 /// Bytes per element.
 pub(crate) fn elem_size(d: DType) -> usize {

@@ -21,13 +21,12 @@ use std::time::Duration;
 
 use frame::Reply;
 
+use crate::call::codec;
+use crate::call::{BufDesc, Desc, Failure, OpKind, validate};
 use crate::communicator::{Communicator, ReduceOp};
-use crate::desc_codec;
 use crate::element::{Element, HostSlice, HostSliceMut, HostVec};
 use crate::error::CommError;
 use crate::rendezvous::{Links, Rendezvous};
-use crate::thread_group::desc::{BufDesc, Desc, OpKind};
-use crate::thread_group::validate::{Failure, validate};
 
 /// One rank of a TCP group (see the module docs).
 pub struct TcpComm {
@@ -151,7 +150,7 @@ impl TcpComm {
         payload: &[&[u8]],
     ) -> Result<(Vec<usize>, Vec<u8>), CommError> {
         let op = desc.op.name();
-        let words = desc_codec::encode(desc);
+        let words = codec::encode(desc);
         frame::write_request(stream, &words, payload).map_err(|e| self.io_error(op, 0, e))?;
         let reply = stream
             .set_read_timeout(self.timeout)
@@ -221,7 +220,7 @@ impl TcpComm {
             };
             // Words no encoder of this build produced (a different build) stay `None` and
             // are refused below.
-            decoded.push(desc_codec::decode(&words));
+            decoded.push(codec::decode(&words));
             payloads.push(data);
         }
         let unreadable = decoded.iter().position(Option::is_none);

@@ -12,7 +12,7 @@
 //!    code here cannot panic (a panic would abort, see [`super::AbortOnUnwind`]) and the inner
 //!    barriers wait unconditionally, so no rank leaves early and frees a buffer being read.
 //! 2. **Lengths and types were validated** by the last arriver before any rank got here
-//!    ([`super::validate`]), so every pointer below addresses elements of the posted buffer,
+//!    ([`crate::call::validate`]), so every pointer below addresses elements of the posted buffer,
 //!    of the posted element type.
 //! 3. **No location is written while another thread accesses it.** In all-reduce, rank r owns
 //!    segment r of *every* rank's buffer: it alone reads and writes it. In the other
@@ -29,9 +29,9 @@
 use std::ptr;
 use std::slice;
 
-use super::desc::BufDesc;
 use super::inner_barrier::InnerBarrier;
 use super::rendezvous::Round;
+use crate::call::BufDesc;
 use crate::communicator::ReduceOp;
 use crate::element::{DType, Element, HostVec};
 

@@ -15,18 +15,16 @@
 //! Reductions fold the ranks in order 0, 1, ..., N-1 and each element is computed by exactly
 //! one rank, so results are bitwise identical on every rank and independent of timing.
 
-pub(crate) mod desc;
 mod inner_barrier;
 mod kernels;
 mod rendezvous;
 mod run;
-pub(crate) mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use desc::{BufDesc, Desc, OpKind};
+use crate::call::{BufDesc, Desc, OpKind};
 use rendezvous::Shared;
 
 use crate::communicator::{Communicator, ReduceOp};

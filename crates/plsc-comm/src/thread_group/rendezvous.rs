@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::desc::Desc;
 use super::inner_barrier::{InnerBarrier, SPINS, YIELDS};
-use super::validate::{Failure, validate};
+use crate::call::{Desc, Failure, validate};
 use crate::error::CommError;
 
 /// The descriptors of a round that passed validation, indexed by rank.

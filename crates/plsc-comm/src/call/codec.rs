@@ -1,11 +1,11 @@
 //! Collective descriptors as `u64` words, so that multi-process backends (MPI, TCP) can
-//! exchange them and run the thread group's validation ([`crate::thread_group::validate`])
+//! exchange them and run the common validation ([`super::validate`])
 //! on every rank before any data moves. Addresses are not sent (they mean nothing in
 //! another process); lengths, element types, the operation and its arguments are.
 
+use super::desc::{BufDesc, Desc, OpKind};
 use crate::communicator::ReduceOp;
 use crate::element::DType;
-use crate::thread_group::desc::{BufDesc, Desc, OpKind};
 
 pub(crate) fn dtype_code(d: DType) -> u64 {
     match d {

@@ -3,8 +3,8 @@
 //! of bounds), so with validation on, every collective starts with a tiny all-gather of these
 //! descriptors; all ranks see the same descriptors and so return the same error.
 
-use super::dtype::DeviceDType;
 use crate::communicator::ReduceOp;
+use crate::device_dtype::DeviceDType;
 use crate::error::CommError;
 
 /// Which collective a descriptor belongs to.
