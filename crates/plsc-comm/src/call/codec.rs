@@ -26,7 +26,8 @@ pub(crate) fn dtype_of(code: u64) -> Option<DType> {
     })
 }
 
-fn op_code(op: OpKind) -> (u64, u64) {
+/// The operation as two words: a code and its parameter (reduce op or broadcast root).
+pub(crate) fn op_code(op: OpKind) -> (u64, u64) {
     let red = |r: ReduceOp| match r {
         ReduceOp::Sum => 0,
         ReduceOp::Max => 1,
@@ -43,7 +44,8 @@ fn op_code(op: OpKind) -> (u64, u64) {
     }
 }
 
-fn op_of(code: u64, param: u64) -> Option<OpKind> {
+/// The inverse of [`op_code`]; `None` for words no encoder produced.
+pub(crate) fn op_of(code: u64, param: u64) -> Option<OpKind> {
     Some(match (code, param) {
         (1, 0) => OpKind::AllReduce(ReduceOp::Sum),
         (1, 1) => OpKind::AllReduce(ReduceOp::Max),

@@ -1,71 +1,41 @@
-//! The call descriptor every rank contributes before a collective, and the checks every rank
-//! runs on all of them. NCCL itself cannot tell that ranks disagree (it would hang or read out
-//! of bounds), so with validation on, every collective starts with a tiny all-gather of these
-//! descriptors; all ranks see the same descriptors and so return the same error.
+//! NCCL's form of the call descriptor, and the checks every rank runs on all of them. NCCL
+//! itself cannot tell that ranks disagree (it would hang or read out of bounds), so with
+//! validation on, every collective starts with a tiny all-gather of these descriptors; all
+//! ranks see the same descriptors and so return the same error.
+//!
+//! An NCCL all-gather moves the same number of words from every rank, so this form has a fixed
+//! width ([`DESC_WORDS`]): the operation ([`OpKind`], numbered as [`codec`](super::codec)
+//! numbers it for MPI and TCP), the element type, lengths, and list arguments (reduce-scatter
+//! counts, fused buffers) as hashes.
 
+use super::codec;
+use super::desc::OpKind;
 use crate::communicator::ReduceOp;
 use crate::device_dtype::DeviceDType;
 use crate::error::CommError;
 
-/// Which collective a descriptor belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
-    AllReduce = 1,
-    FusedSum = 2,
-    AllGather = 3,
-    AllGatherVar = 4,
-    ReduceScatter = 5,
-    Broadcast = 6,
-    Barrier = 7,
-}
+/// Number of `i64` words in a descriptor: the operation as [`codec`](super::codec) numbers it
+/// (code and parameter: reduce op or root), the element type, and six operation-specific
+/// words.
+pub(crate) const DESC_WORDS: usize = 9;
 
-impl Op {
-    fn from_code(c: i64) -> Option<Op> {
-        [
-            Op::AllReduce,
-            Op::FusedSum,
-            Op::AllGather,
-            Op::AllGatherVar,
-            Op::ReduceScatter,
-            Op::Broadcast,
-            Op::Barrier,
-        ]
-        .into_iter()
-        .find(|o| *o as i64 == c)
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Op::AllReduce => "all_reduce",
-            Op::FusedSum => "all_reduce_sum_fused",
-            Op::AllGather => "all_gather",
-            Op::AllGatherVar => "all_gather_varcount",
-            Op::ReduceScatter => "reduce_scatter",
-            Op::Broadcast => "broadcast",
-            Op::Barrier => "barrier",
-        }
-    }
-}
-
-/// Number of `i64` words in a descriptor.
-pub(crate) const DESC_WORDS: usize = 8;
+/// Operation-specific words.
+const ARG_WORDS: usize = DESC_WORDS - 3;
 
 /// One rank's description of the call it is making.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Desc {
-    pub op: Op,
+    pub op: OpKind,
     /// [`DeviceDType::code`], 0 where the call has no single element type.
     pub dtype: i64,
     /// Operation-specific words (see the constructors).
-    pub words: [i64; DESC_WORDS - 2],
+    pub words: [i64; ARG_WORDS],
 }
 
-fn op_code(op: ReduceOp) -> i64 {
-    match op {
-        ReduceOp::Sum => 1,
-        ReduceOp::Max => 2,
-        ReduceOp::Min => 3,
-    }
+/// NCCL's reduce-scatter takes a reduction, the host one (a sum) does not: the number
+/// [`codec`](super::codec) gives `op` inside an all-reduce.
+fn reduce_op_code(op: ReduceOp) -> i64 {
+    codec::op_code(OpKind::AllReduce(op)).1 as i64
 }
 
 /// FNV-1a over a list of numbers: equal lists give equal hashes on every rank.
@@ -81,8 +51,8 @@ pub(crate) fn hash_list(values: impl IntoIterator<Item = u64>) -> i64 {
 }
 
 impl Desc {
-    fn new(op: Op, dtype: Option<DeviceDType>, w: &[i64]) -> Desc {
-        let mut words = [0i64; DESC_WORDS - 2];
+    fn new(op: OpKind, dtype: Option<DeviceDType>, w: &[i64]) -> Desc {
+        let mut words = [0i64; ARG_WORDS];
         words[..w.len()].copy_from_slice(w);
         Desc {
             op,
@@ -91,18 +61,18 @@ impl Desc {
         }
     }
     pub fn all_reduce(dtype: DeviceDType, len: usize, op: ReduceOp) -> Desc {
-        Desc::new(Op::AllReduce, Some(dtype), &[len as i64, op_code(op)])
+        Desc::new(OpKind::AllReduce(op), Some(dtype), &[len as i64])
     }
     /// `bufs`: (type, length) of every buffer, in order.
     pub fn fused_sum(bufs: &[(DeviceDType, usize)]) -> Desc {
         let h = hash_list(bufs.iter().flat_map(|&(d, l)| [d.code() as u64, l as u64]));
-        Desc::new(Op::FusedSum, None, &[bufs.len() as i64, h])
+        Desc::new(OpKind::AllReduceSumFused, None, &[bufs.len() as i64, h])
     }
     pub fn all_gather(dtype: DeviceDType, send: usize, recv: usize) -> Desc {
-        Desc::new(Op::AllGather, Some(dtype), &[send as i64, recv as i64])
+        Desc::new(OpKind::AllGather, Some(dtype), &[send as i64, recv as i64])
     }
     pub fn all_gather_var(dtype: DeviceDType, send: usize) -> Desc {
-        Desc::new(Op::AllGatherVar, Some(dtype), &[send as i64])
+        Desc::new(OpKind::AllGatherVarcount, Some(dtype), &[send as i64])
     }
     pub fn reduce_scatter(
         dtype: DeviceDType,
@@ -113,43 +83,45 @@ impl Desc {
     ) -> Desc {
         let h = hash_list(counts.iter().map(|&c| c as u64));
         Desc::new(
-            Op::ReduceScatter,
+            OpKind::ReduceScatter,
             Some(dtype),
             &[
                 send as i64,
                 recv as i64,
                 counts.len() as i64,
                 h,
-                op_code(op),
+                reduce_op_code(op),
             ],
         )
     }
     pub fn broadcast(dtype: DeviceDType, len: usize, root: usize) -> Desc {
-        Desc::new(Op::Broadcast, Some(dtype), &[len as i64, root as i64])
+        Desc::new(OpKind::Broadcast { root }, Some(dtype), &[len as i64])
     }
     pub fn barrier() -> Desc {
-        Desc::new(Op::Barrier, None, &[])
+        Desc::new(OpKind::Barrier, None, &[])
     }
 
     pub fn encode(&self) -> [i64; DESC_WORDS] {
+        let (code, param) = codec::op_code(self.op);
         let mut out = [0i64; DESC_WORDS];
-        out[0] = self.op as i64;
-        out[1] = self.dtype;
-        out[2..].copy_from_slice(&self.words);
+        out[0] = code as i64;
+        out[1] = param as i64;
+        out[2] = self.dtype;
+        out[3..].copy_from_slice(&self.words);
         out
     }
 
     /// Reads a descriptor; `None` for words no plsc-rs rank writes.
     pub fn decode(w: &[i64]) -> Option<Desc> {
-        let op = Op::from_code(*w.first()?)?;
         if w.len() != DESC_WORDS {
             return None;
         }
-        let mut words = [0i64; DESC_WORDS - 2];
-        words.copy_from_slice(&w[2..]);
+        let op = codec::op_of(u64::try_from(w[0]).ok()?, u64::try_from(w[1]).ok()?)?;
+        let mut words = [0i64; ARG_WORDS];
+        words.copy_from_slice(&w[3..]);
         Some(Desc {
             op,
-            dtype: w[1],
+            dtype: w[2],
             words,
         })
     }
@@ -176,8 +148,8 @@ pub(crate) fn check(
     if let Some((r, d)) = descs.iter().enumerate().find(|(_, d)| d.op != first.op) {
         return Err(mismatch(format!(
             "rank 0 called {} but rank {r} called {}",
-            first.op.name(),
-            d.op.name()
+            first.op.describe(),
+            d.op.describe()
         )));
     }
     let my = descs[rank].dtype;
@@ -201,14 +173,7 @@ pub(crate) fn check(
     let w = |r: usize, i: usize| descs[r].words[i];
     let differ = |i: usize| (1..world).find(|&r| w(r, i) != w(0, i));
     match first.op {
-        Op::AllReduce => {
-            if let Some(r) = differ(1) {
-                return Err(mismatch(format!(
-                    "rank 0 reduces with op {} but rank {r} with op {}",
-                    w(0, 1),
-                    w(r, 1)
-                )));
-            }
+        OpKind::AllReduce(_) => {
             if let Some(r) = differ(0) {
                 return Err(bad_len(format!(
                     "rank 0 has {} elements but rank {r} has {}",
@@ -217,7 +182,7 @@ pub(crate) fn check(
                 )));
             }
         }
-        Op::FusedSum => {
+        OpKind::AllReduceSumFused => {
             if let Some(r) = differ(0) {
                 return Err(mismatch(format!(
                     "rank 0 passes {} buffers but rank {r} passes {}",
@@ -231,7 +196,7 @@ pub(crate) fn check(
                 )));
             }
         }
-        Op::AllGather => {
+        OpKind::AllGather => {
             if let Some(r) = differ(0) {
                 return Err(bad_len(format!(
                     "rank 0 sends {} elements but rank {r} sends {}",
@@ -248,8 +213,8 @@ pub(crate) fn check(
                 )));
             }
         }
-        Op::AllGatherVar => {}
-        Op::ReduceScatter => {
+        OpKind::AllGatherVarcount => {}
+        OpKind::ReduceScatter => {
             if let Some(r) = differ(4) {
                 return Err(mismatch(format!(
                     "rank 0 reduces with op {} but rank {r} with op {}",
@@ -286,19 +251,12 @@ pub(crate) fn check(
                 )));
             }
         }
-        Op::Broadcast => {
-            if let Some(r) = differ(1) {
-                return Err(mismatch(format!(
-                    "rank 0 broadcasts from root {} but rank {r} from root {}",
-                    w(0, 1),
-                    w(r, 1)
-                )));
-            }
-            if w(0, 1) < 0 || w(0, 1) >= world as i64 {
+        OpKind::Broadcast { root } => {
+            if root >= world {
                 return Err(CommError::BadRank {
                     rank,
                     op,
-                    bad: w(0, 1) as usize,
+                    bad: root,
                     world,
                 });
             }
@@ -310,7 +268,7 @@ pub(crate) fn check(
                 )));
             }
         }
-        Op::Barrier => {}
+        OpKind::Barrier => {}
     }
     Ok((0..world).map(|r| w(r, 0).max(0) as usize).collect())
 }
@@ -339,7 +297,13 @@ mod tests {
             Desc::barrier(),
         ];
         assert_eq!(round_trip(&all), all);
-        assert_eq!(Desc::decode(&[99, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(Desc::decode(&[99, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(
+            Desc::decode(&[1, 7, 3, 0, 0, 0, 0, 0, 0]),
+            None,
+            "unknown reduce op"
+        );
+        assert_eq!(Desc::decode(&[1, 0, 3, 0, 0, 0, 0, 0]), None, "too short");
         assert_eq!(Desc::decode(&[1, 3]), None);
     }
 
@@ -405,9 +369,16 @@ mod tests {
             })
         );
         let max = Desc::all_reduce(DeviceDType::F32, 4, ReduceOp::Max);
+        // The operations are named as every backend names them (OpKind::describe).
         assert!(matches!(
             check(0, "x", &[ar, max], None),
-            Err(CommError::Mismatch { .. })
+            Err(CommError::Mismatch { detail, .. })
+                if detail == "rank 0 called all_reduce(Sum) but rank 1 called all_reduce(Max)"
+        ));
+        assert!(matches!(
+            check(1, "x", &[bc, Desc::broadcast(DeviceDType::F32, 4, 1)], None),
+            Err(CommError::Mismatch { detail, .. })
+                if detail.contains("broadcast(root 0)") && detail.contains("broadcast(root 1)")
         ));
         let root2 = Desc::broadcast(DeviceDType::F32, 4, 2);
         assert_eq!(
