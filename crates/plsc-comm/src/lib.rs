@@ -16,6 +16,9 @@
 //!   ranks in order 0..N, so results are bitwise identical on every rank; a failure (a rank
 //!   that panics or leaves, mismatched calls, the optional timeout) is a [`CommError`] on every
 //!   rank, never a hang.
+//! - Every backend describes a call the same way before any data moves (the crate-private
+//!   `call` module: operation, element types, lengths; checked on every rank), so mismatched
+//!   calls are the same named [`CommError`] on the thread group, TCP, MPI and NCCL.
 
 pub mod backend;
 mod call;

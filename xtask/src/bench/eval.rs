@@ -70,7 +70,7 @@ struct MetricsReport {
     pairs: usize,
     dim: usize,
     median_ms: f64,
-    accuracy_mean: f64,
+    accuracy: f64,
 }
 
 fn median_ms(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -179,7 +179,7 @@ pub fn run(args: EvalBenchArgs) -> anyhow::Result<()> {
             pairs: args.pairs,
             dim: args.dim,
             median_ms: metrics_ms,
-            accuracy_mean: accuracy,
+            accuracy,
         },
         machine: crate::machine::machine_info(),
     };
