@@ -7,9 +7,9 @@
 //! drawn from N(0, 0.1^2), BatchNorms start at weight 1 / bias 0, the Linear uses PyTorch's
 //! default initialisation.
 
+use crate::amp::{self, Autocast};
 use burn::config::Config;
 use burn::module::Module;
-use crate::amp::{self, Autocast};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Linear, PRelu};
 use burn::tensor::{Tensor, backend::Backend};

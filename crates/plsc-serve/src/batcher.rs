@@ -237,12 +237,7 @@ fn worker_loop(
 }
 
 /// Runs one batch and answers each of its jobs.
-fn run_batch(
-    backbone: &ServeNet,
-    jobs: Vec<Job>,
-    metrics: &Metrics,
-    settings: &WorkerSettings,
-) {
+fn run_batch(backbone: &ServeNet, jobs: Vec<Job>, metrics: &Metrics, settings: &WorkerSettings) {
     let rows: usize = jobs.iter().map(|j| j.rows).sum();
     let requests = jobs.len();
     let mut replies = Vec::with_capacity(requests);

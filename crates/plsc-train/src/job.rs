@@ -143,7 +143,9 @@ pub fn build_backbone<B: burn::tensor::backend::Backend>(
     device: &B::Device,
 ) -> Result<Backbone<B>> {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     BackboneConfig::new(entry.model.clone())
         .with_embedding_size(entry.embedding_size)
         .with_in_channels(entry.in_channels)
