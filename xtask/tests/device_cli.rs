@@ -17,12 +17,7 @@ fn cuda_without_the_feature_is_a_named_error() {
     let dir = tempfile::tempdir().unwrap();
     let job = common::write_tiny_job(dir.path(), "train_steps = 1\n");
     let save = dir.path().join("runs");
-    let out = xtask()
-        .args(["train", "--config"])
-        .arg(&job)
-        .args(["--device", "cuda", "--ranks", "1", "--no-progress"])
-        .arg("--model-save-dir")
-        .arg(&save)
+    let out = common::train_command(&job, &save, &["--device", "cuda", "--ranks", "1"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -53,12 +48,7 @@ fn ranks_that_disagree_with_the_launcher_are_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let job = common::write_tiny_job(dir.path(), "train_steps = 1\n");
     // One process of a world of one (torchrun's variables), told to be 2 ranks.
-    let out = xtask()
-        .args(["train", "--config"])
-        .arg(&job)
-        .args(["--ranks", "2", "--no-progress"])
-        .arg("--model-save-dir")
-        .arg(dir.path().join("runs"))
+    let out = common::train_command(&job, &dir.path().join("runs"), &["--ranks", "2"])
         .env("RANK", "0")
         .env("WORLD_SIZE", "1")
         .env("LOCAL_RANK", "0")

@@ -3,9 +3,10 @@
 //! `xtask serve` serves as is, with PyTorch's embeddings of the committed images (within
 //! 1e-4 of their norm); a wrong `--arch` fails naming the file and the likely `--arch`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,22 +40,7 @@ fn imported_pth_serves_pytorchs_embeddings() {
         "{stdout}"
     );
 
-    let mut server = xtask()
-        .args(["serve", "--model"])
-        .arg(&model)
-        .args(["--port", "0", "--max-wait-ms", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_string);
+    let server = common::ServeProcess::start(&model);
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("embeddings.json")).unwrap()).unwrap();
     let images: Vec<PathBuf> = reference["images"]
@@ -63,16 +49,12 @@ fn imported_pth_serves_pytorchs_embeddings() {
         .iter()
         .map(|n| fixture(n.as_str().unwrap()))
         .collect();
-    let encoded = addr.as_ref().map(|addr| {
-        xtask()
-            .args(["encode", "--server", addr])
-            .args(&images)
-            .output()
-            .unwrap()
-    });
-    let _ = server.kill();
-    let _ = server.wait();
-    let encoded = encoded.unwrap_or_else(|| panic!("unexpected first line `{line}`"));
+    let encoded = xtask()
+        .args(["encode", "--server", &server.addr])
+        .args(&images)
+        .output()
+        .unwrap();
+    drop(server);
     assert!(
         encoded.status.success(),
         "{}",

@@ -24,17 +24,8 @@ fn write_config(dir: &Path) -> PathBuf {
 }
 
 fn train(config: &Path, save_dir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.arg("train")
-        .arg("--config")
-        .arg(config)
-        .arg("--model-save-dir")
-        .arg(save_dir)
-        .arg("--no-progress")
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = common::train_command(config, save_dir, extra);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
 }
 

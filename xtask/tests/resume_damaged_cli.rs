@@ -6,22 +6,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{run_dir, step_dir, write_tiny_job};
 
 const STEPS: u64 = 2;
 
 fn train(config: &Path, save_dir: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("train")
-        .arg("--config")
-        .arg(config)
-        .arg("--model-save-dir")
-        .arg(save_dir)
-        .arg("--no-progress")
-        .args(extra)
-        .env("RUST_LOG", "warn")
+    common::train_command(config, save_dir, extra)
         .output()
         .unwrap()
 }

@@ -2,8 +2,9 @@
 //! one JSON line per image equal to the library client's answer, SIGTERM stops the server
 //! cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
 use burn::backend::Flex;
@@ -41,23 +42,8 @@ fn serve_and_encode_on_loopback_then_stop_on_sigterm() {
         images.push(path);
     }
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["serve", "--model"])
-        .arg(&model_dir)
-        .args(["--port", "0", "--max-wait-ms", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
-        .to_string();
+    let mut server = common::ServeProcess::start(&model_dir);
+    let addr = server.addr.clone();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -100,7 +86,7 @@ fn serve_and_encode_on_loopback_then_stop_on_sigterm() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("junk.png") && err.contains("image 1"), "{err}");
 
-    let pid = server.id().to_string();
+    let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -110,7 +96,7 @@ fn serve_and_encode_on_loopback_then_stop_on_sigterm() {
     );
     let t = std::time::Instant::now();
     let status = loop {
-        if let Some(s) = server.try_wait().unwrap() {
+        if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
         assert!(
