@@ -6,7 +6,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Args;
 use plsc_comm::{Communicator, run_ranks};
 use plsc_core::{
-    HeadConfig, HeadError, HeadFloat, LossConfig, LossKind, ShardedHead, WeightUpdate,
+    HeadConfig, HeadError, HeadFloat, LossConfig, LossKind, RowStore, ShardedHead, WeightUpdate,
 };
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
@@ -202,7 +202,10 @@ fn run_head<T: HeadFloat>(
                 .as_ref()
                 .map_or_else(|| b.to_vec(), |given| conv(&given[s.start..s.end()]))
         });
-        head.set_weight(conv(&inp.weight[s.start * d..s.end() * d]), bias)?;
+        head.set_weight(
+            RowStore::Full(conv(&inp.weight[s.start * d..s.end() * d])),
+            bias,
+        )?;
         let mut gw = vec![T::zero(); s.len * d];
         let mut gb = head.bias().map(|b| vec![T::zero(); b.len()]);
         let x = conv(&inp.features[lo * d..hi * d]);

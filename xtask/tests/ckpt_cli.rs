@@ -4,10 +4,11 @@ use std::path::Path;
 use std::process::Command;
 
 use plsc_ckpt::{
-    BackboneRef, Checkpoint, CheckpointMeta, HeadShardRef, ModelSpec, NamedTensor, SaveOptions,
-    TensorKind, TrainingState, latest_valid, load_exported,
+    BackboneRef, Checkpoint, CheckpointMeta, HeadShardRef, ModelSpec, SaveOptions, TrainingState,
+    latest_valid, load_exported,
 };
 use plsc_core::{HeadConfig, ShardedHead};
+use plsc_models::{NamedTensor, TensorKind};
 
 fn xtask(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -24,7 +25,7 @@ fn write_checkpoint(root: &Path) -> (HeadConfig, Vec<ShardedHead<f32>>, Vec<Name
             let m: Vec<f32> = (0..h.weight().len())
                 .map(|i| (r * 1000 + i) as f32 * 0.5)
                 .collect();
-            h.set_velocity(m, None).unwrap();
+            h.set_velocity(plsc_core::RowStore::Full(m), None).unwrap();
             h
         })
         .collect();
@@ -97,8 +98,8 @@ fn reshard_and_export_from_the_command_line() {
     for r in 0..3 {
         let mut h = ShardedHead::<f32>::new(config.clone(), r, 3).unwrap();
         c3.load_into_head(&mut h, true).unwrap();
-        w.extend_from_slice(h.weight());
-        m.extend_from_slice(h.velocity());
+        w.extend(h.weight().to_vec());
+        m.extend(h.velocity().to_vec());
     }
     let want_w: Vec<f32> = heads.iter().flat_map(|h| h.weight().to_vec()).collect();
     let want_m: Vec<f32> = heads.iter().flat_map(|h| h.velocity().to_vec()).collect();

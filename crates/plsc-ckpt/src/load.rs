@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use plsc_comm::{CommExt, Communicator};
-use plsc_core::{ClassShard, HeadConfig, ShardedHead};
+use plsc_core::{ClassShard, HeadConfig, RowStore, ShardedHead};
 
 use crate::error::{CkptError, Result};
 use crate::layout::{list_checkpoints, step_dir_name};
@@ -71,9 +71,9 @@ impl HeadRows {
                 ),
             });
         }
-        head.set_weight(self.weight, self.bias)?;
+        head.set_weight(RowStore::Full(self.weight), self.bias)?;
         if with_momentum {
-            head.set_velocity(self.momentum, self.bias_momentum)?;
+            head.set_velocity(RowStore::Full(self.momentum), self.bias_momentum)?;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use plsc_comm::{CommExt, Communicator};
-use plsc_core::{ClassShard, HeadConfig, LossKind, ShardedHead};
+use plsc_core::{ClassShard, HeadConfig, HeadStorage, LossKind, RowStore, ShardedHead};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CkptError, Result, io_err};
@@ -67,10 +67,10 @@ pub struct CheckpointMeta {
 pub struct HeadShardRef<'a> {
     /// The class range.
     pub shard: ClassShard,
-    /// Weight rows, row-major `[shard.len, D]`.
-    pub weight: &'a [f32],
-    /// Momentum rows `[shard.len, D]`.
-    pub momentum: &'a [f32],
+    /// Weight rows, row-major `[shard.len, D]`, in the head's storage type.
+    pub weight: &'a RowStore<f32>,
+    /// Momentum rows `[shard.len, D]`, in the same storage type.
+    pub momentum: &'a RowStore<f32>,
     /// Bias `[shard.len]` (softmax only).
     pub bias: Option<&'a [f32]>,
     /// Bias momentum `[shard.len]` (softmax only).
@@ -258,8 +258,18 @@ pub(crate) fn write_head_file(
         &head_tensor_specs(s.shard.len, d, bias),
         Some(head_metadata(s.shard, meta.head.num_classes)),
     )?;
-    w.write(&f32_bytes(s.weight))?;
-    w.write(&f32_bytes(s.momentum))?;
+    if s.weight.storage() != HeadStorage::F32 || s.momentum.storage() != HeadStorage::F32 {
+        return Err(CkptError::Invalid {
+            what: "head shard",
+            detail: format!(
+                "rank {}: head storage {} cannot be written yet: train with head_storage = \"f32\"",
+                s.shard.rank,
+                s.weight.storage()
+            ),
+        });
+    }
+    w.write(&s.weight.raw_bytes_le())?;
+    w.write(&s.momentum.raw_bytes_le())?;
     if let Some((b, bm)) = biases {
         w.write(&f32_bytes(b))?;
         w.write(&f32_bytes(bm))?;

@@ -14,7 +14,7 @@ use common::*;
 use plsc_ckpt::{
     BackboneRef, Checkpoint, HeadShardRef, SaveOptions, latest_valid, list_checkpoints, save,
 };
-use plsc_core::{ClassShard, HeadConfig, ShardedHead};
+use plsc_core::{ClassShard, HeadConfig, RowStore, ShardedHead};
 use rand::{Rng, SeedableRng};
 
 const WORLD: usize = 4;
@@ -28,12 +28,25 @@ fn config() -> HeadConfig {
 /// The rows as saved at `step` (weight, momentum per rank): fixed random rows plus `step`, so
 /// every file of a checkpoint must come from the same save. Cheap, so that the child spends
 /// nearly all its time inside `save`.
-fn rows_at(base: &[ShardedHead<f32>], step: u64) -> Vec<(ClassShard, Vec<f32>, Vec<f32>)> {
+fn rows_at(
+    base: &[ShardedHead<f32>],
+    step: u64,
+) -> Vec<(ClassShard, RowStore<f32>, RowStore<f32>)> {
     base.iter()
         .map(|b| {
-            let w = b.weight().iter().map(|v| v + step as f32).collect();
-            let m = b.velocity().iter().map(|v| v - step as f32).collect();
-            (b.shard(), w, m)
+            let w = b
+                .weight()
+                .to_vec()
+                .iter()
+                .map(|v| v + step as f32)
+                .collect();
+            let m = b
+                .velocity()
+                .to_vec()
+                .iter()
+                .map(|v| v - step as f32)
+                .collect();
+            (b.shard(), RowStore::Full(w), RowStore::Full(m))
         })
         .collect()
 }
@@ -91,8 +104,8 @@ fn check_exact(c: &Checkpoint, base: &[ShardedHead<f32>]) {
     let step = c.step();
     let rows = rows_at(base, step);
     let want: [Vec<f32>; 2] = [
-        rows.iter().flat_map(|r| r.1.clone()).collect(),
-        rows.iter().flat_map(|r| r.2.clone()).collect(),
+        rows.iter().flat_map(|r| r.1.to_vec()).collect(),
+        rows.iter().flat_map(|r| r.2.to_vec()).collect(),
     ];
     for m in [WORLD, 3] {
         let mut w = Vec::new();

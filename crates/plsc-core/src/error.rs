@@ -27,6 +27,16 @@ pub enum HeadError {
         got: Vec<usize>,
         expected: Vec<usize>,
     },
+    /// Rows given in another storage type than the head's.
+    #[error(
+        "rank {rank}: tensor `{tensor}` is stored in {got}, but the head stores {expected} (`head_storage`): convert it first (e.g. `xtask reshard --head-storage {expected}` for a checkpoint)"
+    )]
+    Storage {
+        rank: usize,
+        tensor: &'static str,
+        got: crate::storage::HeadStorage,
+        expected: crate::storage::HeadStorage,
+    },
     /// A setting is out of its range.
     #[error("invalid head setting `{name}`: {detail}")]
     Config { name: &'static str, detail: String },

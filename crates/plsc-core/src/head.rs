@@ -18,18 +18,24 @@
 //! The replicated head (`sharded = false`) skips the all-gather and reduce-scatter: every rank
 //! holds all classes and computes its local rows, normalised by the global batch size; the
 //! weight gradient is then **all-reduced (sum)** across ranks before the update.
+//!
+//! Weight and momentum are stored in [`HeadStorage`] (`head_storage`): the compute type, or
+//! bf16/f16 with stochastically rounded updates ([`crate::rounding`]), keyed by
+//! `(seed, step, class, column)`.
 
 use crate::cpu::HeadFloat;
 use crate::cpu::topk::{TOPK, TopK};
-use crate::cpu::{self, Plan, RowSink, StepSetup, Workspace, rows, tile};
+use crate::cpu::{self, Plan, RowSink, StepRounding, StepSetup, Workspace, rows, tile};
 use crate::error::HeadError;
 use crate::float::Precision;
 use crate::init;
 use crate::loss::{LossConfig, LossKind};
 use crate::margin::Margin;
+use crate::rounding::RoundedTensor;
 use crate::sampling::{SampledClasses, sample_classes};
 use crate::sgd::{SparseSgdConfig, sgd_update};
 use crate::shard::ClassShard;
+use crate::storage::{HeadStorage, RowStore, RowsMut};
 use burn::config::Config;
 use plsc_comm::{CommExt, Communicator, ReduceOp};
 use std::time::Instant;
@@ -70,6 +76,9 @@ pub struct HeadConfig {
     /// Optimiser settings of the weight shard.
     #[config(default = "SparseSgdConfig::new()")]
     pub optimizer: SparseSgdConfig,
+    /// Element type of the stored weight and momentum (independent of `precision`).
+    #[config(default = "HeadStorage::F32")]
+    pub storage: HeadStorage,
 }
 
 impl HeadConfig {
@@ -131,6 +140,13 @@ pub enum WeightUpdate<'a, T> {
         weight: &'a mut [T],
         bias: Option<&'a mut [T]>,
     },
+    /// Leave the weight alone and write the gradient of the sampled rows only, in sampled
+    /// order, into `weight` (resized to `[C_s, D]`) and `bias` (`[C_s]`): what mixed precision
+    /// keeps until [`ShardedHead::apply_sampled_gradient`], with no buffer of the shard's size.
+    SampledGradient {
+        weight: &'a mut Vec<T>,
+        bias: Option<&'a mut Vec<T>>,
+    },
 }
 
 /// Top-1 / top-5 accuracy over the global batch.
@@ -185,14 +201,15 @@ pub struct ShardedHead<T: HeadFloat> {
     config: HeadConfig,
     shard: ClassShard,
     world_size: usize,
-    weight: Vec<T>,
-    velocity: Vec<T>,
+    weight: RowStore<T>,
+    velocity: RowStore<T>,
     bias: Option<Vec<T>>,
     bias_velocity: Option<Vec<T>>,
     workspace: Workspace<T>,
     xn: Vec<T>,
-    /// The classes of the last step (what [`ShardedHead::apply_gradient`] updates).
-    last_sampled: Option<SampledClasses>,
+    /// The classes of the last step (what [`ShardedHead::apply_gradient`] updates) and its
+    /// step index (the stochastic rounding's key).
+    last_sampled: Option<(SampledClasses, u64)>,
 }
 
 impl<T: HeadFloat> ShardedHead<T> {
@@ -202,11 +219,11 @@ impl<T: HeadFloat> ShardedHead<T> {
         config.validate()?;
         let shard = config.shard_of(rank, world_size)?;
         let d = config.embedding_size;
-        let mut weight = vec![T::zero(); shard.len * d];
-        init::init_rows(config.seed, shard.start, d, &mut weight);
+        let mut weight = RowStore::zeros(config.storage, shard.len * d);
+        init::init_stored_rows(config.seed, shard.start, d, weight.view_mut());
         let softmax = config.loss.kind == LossKind::Softmax;
         Ok(Self {
-            velocity: vec![T::zero(); shard.len * d],
+            velocity: RowStore::zeros(config.storage, shard.len * d),
             bias: softmax.then(|| init::init_bias(shard.len)),
             bias_velocity: softmax.then(|| vec![T::zero(); shard.len]),
             config,
@@ -219,8 +236,27 @@ impl<T: HeadFloat> ShardedHead<T> {
         })
     }
 
-    /// Replaces weight (and bias) rows, for loading checkpoints or given weights.
-    pub fn set_weight(&mut self, weight: Vec<T>, bias: Option<Vec<T>>) -> Result<(), HeadError> {
+    /// Checks that `rows` are stored as this head stores its rows.
+    fn check_storage(&self, tensor: &'static str, rows: &RowStore<T>) -> Result<(), HeadError> {
+        if rows.storage() != self.config.storage {
+            return Err(HeadError::Storage {
+                rank: self.shard.rank,
+                tensor,
+                got: rows.storage(),
+                expected: self.config.storage,
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces weight (and bias) rows, for loading checkpoints or given weights. The rows must
+    /// be in the head's storage type.
+    pub fn set_weight(
+        &mut self,
+        weight: RowStore<T>,
+        bias: Option<Vec<T>>,
+    ) -> Result<(), HeadError> {
+        self.check_storage("weight", &weight)?;
         let expected = vec![self.shard.len, self.config.embedding_size];
         if weight.len() != self.shard.len * self.config.embedding_size {
             return Err(HeadError::Shape {
@@ -246,12 +282,13 @@ impl<T: HeadFloat> ShardedHead<T> {
         Ok(())
     }
 
-    /// Replaces the momentum rows (checkpoint resume).
+    /// Replaces the momentum rows (checkpoint resume), in the head's storage type.
     pub fn set_velocity(
         &mut self,
-        velocity: Vec<T>,
+        velocity: RowStore<T>,
         bias_velocity: Option<Vec<T>>,
     ) -> Result<(), HeadError> {
+        self.check_storage("momentum", &velocity)?;
         if velocity.len() != self.weight.len() {
             return Err(HeadError::Shape {
                 rank: self.shard.rank,
@@ -281,12 +318,12 @@ impl<T: HeadFloat> ShardedHead<T> {
     pub fn shard(&self) -> ClassShard {
         self.shard
     }
-    /// Weight rows `[C_r, D]`, row-major.
-    pub fn weight(&self) -> &[T] {
+    /// Weight rows `[C_r, D]`, row-major, in the storage type.
+    pub fn weight(&self) -> &RowStore<T> {
         &self.weight
     }
-    /// Momentum rows `[C_r, D]`.
-    pub fn velocity(&self) -> &[T] {
+    /// Momentum rows `[C_r, D]`, in the storage type.
+    pub fn velocity(&self) -> &RowStore<T> {
         &self.velocity
     }
     /// Bias (plain softmax only).
@@ -302,14 +339,13 @@ impl<T: HeadFloat> ShardedHead<T> {
 
     /// The classes (local indices) that took part in the last step, if any ran.
     pub fn last_sampled(&self) -> Option<&SampledClasses> {
-        self.last_sampled.as_ref()
+        self.last_sampled.as_ref().map(|(s, _)| s)
     }
 
     /// Sparse SGD-momentum with a gradient that a [`WeightUpdate::Gradient`] step wrote
     /// (`[C_r, D]`, and the bias's `[C_r]`): `v <- m v + (g + wd w)`, `w <- w - lr v` on the
     /// rows that took part in that step only (every row without sampling), exactly what
-    /// [`WeightUpdate::Sgd`] does inside the step. Mixed precision calls it once the step is
-    /// known to be finite, and skips it otherwise.
+    /// [`WeightUpdate::Sgd`] does inside the step (stochastic rounding included).
     pub fn apply_gradient(
         &mut self,
         weight_grad: &[T],
@@ -317,42 +353,92 @@ impl<T: HeadFloat> ShardedHead<T> {
         lr: f64,
     ) -> Result<(), HeadError> {
         let d = self.config.embedding_size;
-        let rank = self.shard.rank;
         if weight_grad.len() != self.weight.len() {
             return Err(HeadError::Shape {
-                rank,
+                rank: self.shard.rank,
                 tensor: "grad_weight",
                 got: vec![weight_grad.len()],
                 expected: vec![self.shard.len, d],
             });
         }
-        let Some(sampled) = self.last_sampled.as_ref() else {
+        self.apply_rows(lr, |_pos, class| {
+            (
+                &weight_grad[class * d..(class + 1) * d],
+                bias_grad.map(|g| g[class]),
+            )
+        })
+    }
+
+    /// [`Self::apply_gradient`] with the gradient of the sampled rows only, in sampled order
+    /// (`[C_s, D]` and `[C_s]`), as a [`WeightUpdate::SampledGradient`] step wrote it. Mixed
+    /// precision calls it once the step is known to be finite, and skips it otherwise.
+    pub fn apply_sampled_gradient(
+        &mut self,
+        weight_grad: &[T],
+        bias_grad: Option<&[T]>,
+        lr: f64,
+    ) -> Result<(), HeadError> {
+        let d = self.config.embedding_size;
+        let sampled = self.last_sampled().map_or(0, SampledClasses::len);
+        if weight_grad.len() != sampled * d {
+            return Err(HeadError::Shape {
+                rank: self.shard.rank,
+                tensor: "grad_weight (sampled rows)",
+                got: vec![weight_grad.len()],
+                expected: vec![sampled, d],
+            });
+        }
+        self.apply_rows(lr, |pos, _class| {
+            (
+                &weight_grad[pos * d..(pos + 1) * d],
+                bias_grad.map(|g| g[pos]),
+            )
+        })
+    }
+
+    /// The update of the last step's sampled rows, each with the gradient `grad(pos, class)`
+    /// gives (its row and bias entry).
+    fn apply_rows<'g>(
+        &mut self,
+        lr: f64,
+        grad: impl Fn(usize, usize) -> (&'g [T], Option<T>),
+    ) -> Result<(), HeadError> {
+        let d = self.config.embedding_size;
+        let rank = self.shard.rank;
+        let Some((sampled, step)) = self.last_sampled.as_ref() else {
             return Err(HeadError::Config {
                 name: "apply_gradient",
                 detail: format!("rank {rank}: no step has run, so there is no gradient to apply"),
             });
         };
         let opt = &self.config.optimizer;
-        let (lr, m, wd) = (
-            T::from_f64(lr),
-            T::from_f64(opt.momentum),
-            T::from_f64(opt.weight_decay),
-        );
+        let rule = RowUpdate {
+            lr: T::from_f64(lr),
+            momentum: T::from_f64(opt.momentum),
+            weight_decay: T::from_f64(opt.weight_decay),
+            rounding: self
+                .config
+                .storage
+                .is_half()
+                .then(|| StepRounding::new(self.config.seed, *step, d)),
+        };
+        let (mut w, mut v) = (self.weight.view_mut(), self.velocity.view_mut());
+        let mut scratch = (Vec::new(), Vec::new());
         for pos in 0..sampled.len() {
             let c = sampled.class_at(pos);
-            let r = c * d..(c + 1) * d;
-            sgd_update(
-                &mut self.weight[r.clone()],
-                &mut self.velocity[r.clone()],
-                &weight_grad[r],
-                lr,
-                m,
-                wd,
-            );
-            if let (Some(b), Some(bv), Some(g)) =
-                (self.bias.as_mut(), self.bias_velocity.as_mut(), bias_grad)
+            let (g, gb) = grad(pos, c);
+            rule.row(&mut w, &mut v, c, self.shard.start + c, g, &mut scratch);
+            if let (Some(b), Some(bv), Some(gb)) =
+                (self.bias.as_mut(), self.bias_velocity.as_mut(), gb)
             {
-                sgd_update(&mut b[c..=c], &mut bv[c..=c], &g[c..=c], lr, m, wd);
+                sgd_update(
+                    &mut b[c..=c],
+                    &mut bv[c..=c],
+                    &[gb],
+                    rule.lr,
+                    rule.momentum,
+                    rule.weight_decay,
+                );
             }
         }
         Ok(())
@@ -441,6 +527,11 @@ impl<T: HeadFloat> ShardedHead<T> {
 
         // 2. normalise, sample.
         let precision = self.config.precision;
+        let rounding = self
+            .config
+            .storage
+            .is_half()
+            .then(|| StepRounding::new(self.config.seed, step, d));
         let Sampling {
             inv_xnorm,
             xop,
@@ -463,6 +554,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             loss,
             precision,
             calc_acc: self.config.calc_acc,
+            rounding: rounding.as_ref(),
         };
 
         // 3. forward over this rank's class tiles.
@@ -471,7 +563,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             &mut self.workspace,
             &setup,
             &plan,
-            &self.weight,
+            self.weight.view(),
             self.bias.as_deref(),
         );
 
@@ -487,6 +579,7 @@ impl<T: HeadFloat> ShardedHead<T> {
         let mut sgd_lr = None;
         let mut dense: Option<(Vec<T>, Option<Vec<T>>)> = None;
         let (mut grad_w, mut grad_b): (Option<&mut [T]>, Option<&mut [T]>) = (None, None);
+        let mut sampled_grad: Option<(&mut [T], Option<&mut [T]>)> = None;
         match update {
             WeightUpdate::Sgd { lr } => {
                 sgd_lr = Some(lr);
@@ -514,6 +607,23 @@ impl<T: HeadFloat> ShardedHead<T> {
                     grad_b = Some(b);
                 }
             }
+            WeightUpdate::SampledGradient { weight, bias } => {
+                let n = sampled.len();
+                weight.clear();
+                weight.resize(n * d, T::zero());
+                let bias = bias.filter(|_| self.bias.is_some()).map(|b| {
+                    b.clear();
+                    b.resize(n, T::zero());
+                    b.as_mut_slice()
+                });
+                if replicated {
+                    // No sampling without sharding: the sampled rows are every row, in order.
+                    grad_w = Some(weight.as_mut_slice());
+                    grad_b = bias;
+                } else {
+                    sampled_grad = Some((weight.as_mut_slice(), bias));
+                }
+            }
         }
         if let Some((w, b)) = dense.as_mut() {
             grad_w = Some(w);
@@ -521,16 +631,17 @@ impl<T: HeadFloat> ShardedHead<T> {
         }
         let opt = &self.config.optimizer;
         let (momentum, weight_decay) = (T::from_f64(opt.momentum), T::from_f64(opt.weight_decay));
-        let sink = match grad_w.as_deref_mut() {
-            Some(weight) => RowSink::Gradient {
+        let sink = match (grad_w.as_deref_mut(), sampled_grad) {
+            (Some(weight), _) => RowSink::Gradient {
                 weight,
                 bias: grad_b.as_deref_mut(),
             },
-            None => RowSink::Sgd {
+            (None, Some((weight, bias))) => RowSink::SampledGradient { weight, bias },
+            (None, None) => RowSink::Sgd {
                 lr: T::from_f64(sgd_lr.unwrap_or(0.0)),
                 momentum,
                 weight_decay,
-                velocity: &mut self.velocity,
+                velocity: self.velocity.view_mut(),
                 bias_velocity: self.bias_velocity.as_deref_mut(),
             },
         };
@@ -542,7 +653,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             &lse,
             &stats.dpsi,
             inv_batch,
-            &mut self.weight,
+            self.weight.view_mut(),
             self.bias.as_deref_mut(),
             sink,
         );
@@ -554,19 +665,22 @@ impl<T: HeadFloat> ShardedHead<T> {
                 comm.all_reduce(g, ReduceOp::Sum)?;
             }
             if let (Some(lr), Some((gw, gb))) = (sgd_lr, dense.as_ref()) {
-                let lr = T::from_f64(lr);
-                sgd_update(
-                    &mut self.weight,
-                    &mut self.velocity,
-                    gw,
-                    lr,
+                let rule = RowUpdate {
+                    lr: T::from_f64(lr),
                     momentum,
                     weight_decay,
-                );
+                    rounding,
+                };
+                let (mut w, mut v) = (self.weight.view_mut(), self.velocity.view_mut());
+                let mut scratch = (Vec::new(), Vec::new());
+                for c in 0..self.shard.len {
+                    let g = &gw[c * d..(c + 1) * d];
+                    rule.row(&mut w, &mut v, c, self.shard.start + c, g, &mut scratch);
+                }
                 if let (Some(b), Some(bv), Some(g)) =
                     (self.bias.as_mut(), self.bias_velocity.as_mut(), gb.as_ref())
                 {
-                    sgd_update(b, bv, g, lr, momentum, weight_decay);
+                    sgd_update(b, bv, g, rule.lr, momentum, weight_decay);
                 }
             }
         }
@@ -595,7 +709,7 @@ impl<T: HeadFloat> ShardedHead<T> {
             loss_total = l[0];
         }
         let sampled_classes = sampled.len();
-        self.last_sampled = Some(sampled);
+        self.last_sampled = Some((sampled, step));
         Ok(HeadOutput {
             loss: loss_total / batch_norm as f64,
             grad_features: grad,
@@ -617,6 +731,57 @@ impl<T: HeadFloat> ShardedHead<T> {
                 ..timings
             },
         })
+    }
+}
+
+/// The sparse SGD-momentum rule ([`crate::sgd`]) on one stored row, with the step's
+/// stochastic rounding in 16-bit storage.
+struct RowUpdate<T> {
+    lr: T,
+    momentum: T,
+    weight_decay: T,
+    /// `Some` with 16-bit storage.
+    rounding: Option<StepRounding>,
+}
+
+impl<T: HeadFloat> RowUpdate<T> {
+    /// Updates row `r` (global class `class`) of `w` and `v` with gradient `g`; `scratch`
+    /// holds the rows in the compute type for 16-bit storage.
+    fn row(
+        &self,
+        w: &mut RowsMut<'_, T>,
+        v: &mut RowsMut<'_, T>,
+        r: usize,
+        class: usize,
+        g: &[T],
+        scratch: &mut (Vec<T>, Vec<T>),
+    ) {
+        let d = g.len();
+        let (lr, m, wd) = (self.lr, self.momentum, self.weight_decay);
+        if let (Some(wr), Some(vr)) = (w.full_row(r, d), v.full_row(r, d)) {
+            sgd_update(wr, vr, g, lr, m, wd);
+            return;
+        }
+        let (wb, vb) = scratch;
+        wb.resize(d, T::zero());
+        vb.resize(d, T::zero());
+        w.as_rows().read(r * d..(r + 1) * d, wb);
+        v.as_rows().read(r * d..(r + 1) * d, vb);
+        sgd_update(wb, vb, g, lr, m, wd);
+        if let Some(keys) = &self.rounding {
+            w.write_row(
+                r,
+                wb,
+                keys.row(RoundedTensor::Weight, class),
+                keys.columns(),
+            );
+            v.write_row(
+                r,
+                vb,
+                keys.row(RoundedTensor::Momentum, class),
+                keys.columns(),
+            );
+        }
     }
 }
 

@@ -17,9 +17,11 @@ pub mod init;
 pub mod loss;
 pub mod margin;
 pub mod reference;
+pub mod rounding;
 pub mod sampling;
 pub mod sgd;
 pub mod shard;
+pub mod storage;
 
 pub use cpu::HeadFloat;
 pub use device_head::{DeviceHead, DeviceHeadOutput, DeviceUpdate, HeadGradient};
@@ -32,3 +34,4 @@ pub use head::{
 pub use loss::{LossConfig, LossKind, MarginParams};
 pub use sgd::SparseSgdConfig;
 pub use shard::ClassShard;
+pub use storage::{HeadStorage, RowStore};

@@ -7,7 +7,9 @@ use common::*;
 use plsc_comm::{Communicator, run_ranks};
 use plsc_core::reference::head_reference;
 use plsc_core::sampling::{SampledClasses, sample_classes, sample_count};
-use plsc_core::{HeadConfig, HeadError, LossConfig, Precision, ShardedHead, WeightUpdate};
+use plsc_core::{
+    HeadConfig, HeadError, LossConfig, Precision, RowStore, ShardedHead, WeightUpdate,
+};
 
 #[test]
 fn sampled_head_equals_reference_on_the_sampled_classes() {
@@ -65,7 +67,10 @@ fn sparse_sgd_moves_only_used_rows_and_matches_the_gradient() {
         let r = comm.rank();
         let mut head = ShardedHead::<f64>::new(config.clone(), r, n)?;
         let s = head.shard();
-        head.set_weight(p.weight[s.start * p.dim..s.end() * p.dim].to_vec(), None)?;
+        head.set_weight(
+            RowStore::Full(p.weight[s.start * p.dim..s.end() * p.dim].to_vec()),
+            None,
+        )?;
         let (lo, hi) = (p.labels.len() * r / n, p.labels.len() * (r + 1) / n);
         let out = head.step(
             &comm,
@@ -237,31 +242,31 @@ fn setters_reject_rows_of_the_wrong_size() {
     .unwrap();
     // Rank 1 of 3 owns 3 classes.
     assert!(matches!(
-        head.set_weight(vec![0.0; 11], None),
+        head.set_weight(RowStore::Full(vec![0.0; 11]), None),
         Err(HeadError::Shape {
             tensor: "weight",
             ..
         })
     ));
     assert!(matches!(
-        head.set_weight(vec![0.0; 12], Some(vec![0.0; 2])),
+        head.set_weight(RowStore::Full(vec![0.0; 12]), Some(vec![0.0; 2])),
         Err(HeadError::Shape { tensor: "bias", .. })
     ));
     assert!(matches!(
-        head.set_velocity(vec![0.0; 8], None),
+        head.set_velocity(RowStore::Full(vec![0.0; 8]), None),
         Err(HeadError::Shape {
             tensor: "momentum",
             ..
         })
     ));
     assert!(matches!(
-        head.set_velocity(vec![0.0; 12], Some(vec![0.0; 4])),
+        head.set_velocity(RowStore::Full(vec![0.0; 12]), Some(vec![0.0; 4])),
         Err(HeadError::Shape {
             tensor: "bias_momentum",
             ..
         })
     ));
-    head.set_velocity(vec![1.0; 12], Some(vec![2.0; 3]))
+    head.set_velocity(RowStore::Full(vec![1.0; 12]), Some(vec![2.0; 3]))
         .unwrap();
     assert_eq!(head.bias_velocity().unwrap(), &[2.0; 3]);
 }

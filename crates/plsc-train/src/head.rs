@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use plsc_comm::tensor::TensorComm;
 use plsc_core::{
-    Accuracy, DeviceHead, DeviceUpdate, HeadConfig, HeadError, HeadGradient, ShardedHead,
+    Accuracy, DeviceHead, DeviceUpdate, HeadConfig, HeadError, HeadGradient, RowStore, ShardedHead,
     WeightUpdate,
 };
 
@@ -24,7 +24,8 @@ pub enum RankHead<B: Backend> {
 /// The host placement's head and its mixed-precision gradient buffers.
 pub struct HostHead {
     head: ShardedHead<f32>,
-    /// The weight (and bias) gradient of the last step (mixed precision).
+    /// The weight (and bias) gradient of the last step's sampled rows, in sampled order
+    /// (mixed precision): `[C_s, D]`, never the shard's size.
     grad: Vec<f32>,
     grad_bias: Option<Vec<f32>>,
 }
@@ -54,8 +55,8 @@ pub struct RankHeadOutput<B: Backend> {
 /// The head rows of a shard on the host, borrowed or copied from the device (for saving).
 pub struct HostRows<'a> {
     shard: plsc_core::ClassShard,
-    weight: std::borrow::Cow<'a, [f32]>,
-    momentum: std::borrow::Cow<'a, [f32]>,
+    weight: std::borrow::Cow<'a, RowStore<f32>>,
+    momentum: std::borrow::Cow<'a, RowStore<f32>>,
     bias: Option<std::borrow::Cow<'a, [f32]>>,
     bias_momentum: Option<std::borrow::Cow<'a, [f32]>>,
 }
@@ -126,15 +127,12 @@ impl<B: Backend> RankHead<B> {
                     .into_vec()
                     .unwrap_or_default();
                 let update = if defer {
-                    grad.resize(head.weight().len(), 0.0);
-                    if let Some(bias) = head.bias() {
-                        grad_bias
-                            .get_or_insert_with(Vec::new)
-                            .resize(bias.len(), 0.0);
+                    if head.bias().is_some() {
+                        grad_bias.get_or_insert_with(Vec::new);
                     }
-                    WeightUpdate::Gradient {
+                    WeightUpdate::SampledGradient {
                         weight: grad,
-                        bias: grad_bias.as_deref_mut(),
+                        bias: grad_bias.as_mut(),
                     }
                 } else {
                     WeightUpdate::Sgd { lr }
@@ -183,7 +181,8 @@ impl<B: Backend> RankHead<B> {
     ) -> Result<(), HeadError> {
         match (self, pending) {
             (Self::Host(h), PendingGradient::Host) => {
-                h.head.apply_gradient(&h.grad, h.grad_bias.as_deref(), lr)
+                h.head
+                    .apply_sampled_gradient(&h.grad, h.grad_bias.as_deref(), lr)
             }
             (Self::Device(h), PendingGradient::Device(g)) => h.apply_gradient(&g, lr),
             _ => Err(HeadError::Config {
@@ -229,8 +228,8 @@ impl<B: Backend> RankHead<B> {
             },
             Self::Device(h) => HostRows {
                 shard: h.shard(),
-                weight: Cow::Owned(h.weight_host()),
-                momentum: Cow::Owned(h.velocity_host()),
+                weight: Cow::Owned(RowStore::Full(h.weight_host())),
+                momentum: Cow::Owned(RowStore::Full(h.velocity_host())),
                 bias: h.bias_host().map(Cow::Owned),
                 bias_momentum: h.bias_velocity_host().map(Cow::Owned),
             },

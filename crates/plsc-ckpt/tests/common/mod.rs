@@ -5,7 +5,7 @@ use plsc_ckpt::{
     CheckpointMeta, DataPosition, LrScheduleState, ModelSpec, NamedTensor, Seeds, TensorKind,
     TrainingState,
 };
-use plsc_core::{HeadConfig, LossConfig, ShardedHead};
+use plsc_core::{HeadConfig, LossConfig, RowStore, ShardedHead};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -44,9 +44,9 @@ pub fn random_heads(config: &HeadConfig, world: usize, seed: u64) -> Vec<Sharded
             let len = head.shard().len;
             let s = seed * 1000 + r as u64;
             let bias = head.bias().map(|_| values(len, s + 100));
-            head.set_weight(values(n, s), bias).expect("shape");
+            head.set_weight(RowStore::Full(values(n, s)), bias).expect("shape");
             let bv = head.bias().map(|_| values(len, s + 200));
-            head.set_velocity(values(n, s + 300), bv).expect("shape");
+            head.set_velocity(RowStore::Full(values(n, s + 300)), bv).expect("shape");
             head
         })
         .collect()
@@ -113,8 +113,8 @@ pub fn meta(config: &HeadConfig, world: usize, step: u64, with_model: bool) -> C
 pub fn concat_rows(heads: &[ShardedHead<f32>]) -> [Vec<f32>; 4] {
     let mut out: [Vec<f32>; 4] = Default::default();
     for h in heads {
-        out[0].extend_from_slice(h.weight());
-        out[1].extend_from_slice(h.velocity());
+        out[0].extend(h.weight().to_vec());
+        out[1].extend(h.velocity().to_vec());
         out[2].extend_from_slice(h.bias().unwrap_or(&[]));
         out[3].extend_from_slice(h.bias_velocity().unwrap_or(&[]));
     }

@@ -21,7 +21,9 @@ pub mod tile;
 pub mod topk;
 
 use crate::float::Precision;
+use crate::rounding::{self, RoundedTensor};
 use crate::sampling::SampledClasses;
+use crate::storage::{RowRounding, Rows, RowsMut};
 use plsc_comm::Element;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -110,7 +112,7 @@ pub trait Kernel: Sized {
         ws: &mut Workspace<Self>,
         setup: &StepSetup<'_, Self>,
         plan: &Plan,
-        weight: &[Self],
+        weight: Rows<'_, Self>,
         bias: Option<&[Self]>,
     ) -> RowStats<Self>;
 
@@ -123,7 +125,7 @@ pub trait Kernel: Sized {
         lse: &[Self],
         dpsi: &[f64],
         inv_batch: Self,
-        weight: &mut [Self],
+        weight: RowsMut<'_, Self>,
         bias: Option<&mut [Self]>,
         sink: RowSink<'_, Self>,
     ) -> Vec<Self>;
@@ -136,7 +138,7 @@ macro_rules! impl_kernel {
                 ws: &mut Workspace<Self>,
                 setup: &StepSetup<'_, Self>,
                 plan: &Plan,
-                weight: &[Self],
+                weight: Rows<'_, Self>,
                 bias: Option<&[Self]>,
             ) -> RowStats<Self> {
                 forward_impl(ws, setup, plan, weight, bias)
@@ -149,7 +151,7 @@ macro_rules! impl_kernel {
                 lse: &[Self],
                 dpsi: &[f64],
                 inv_batch: Self,
-                weight: &mut [Self],
+                weight: RowsMut<'_, Self>,
                 bias: Option<&mut [Self]>,
                 sink: RowSink<'_, Self>,
             ) -> Vec<Self> {
@@ -232,6 +234,46 @@ pub struct StepSetup<'a, T> {
     pub loss: TileLoss<T>,
     pub precision: Precision,
     pub calc_acc: bool,
+    /// How updated rows are written back: `None` when they are stored in the compute type,
+    /// else the step's stochastic-rounding keys (16-bit storage).
+    pub rounding: Option<&'a StepRounding>,
+}
+
+/// A step's stochastic-rounding keys ([`crate::rounding`]): one per tensor, and the per-column
+/// keys shared by every row.
+#[derive(Debug, Clone)]
+pub struct StepRounding {
+    weight: u32,
+    momentum: u32,
+    columns: Vec<u32>,
+}
+
+impl StepRounding {
+    /// The keys of step `step` of a run seeded with `seed`, for rows of width `dim`.
+    pub fn new(seed: u64, step: u64, dim: usize) -> Self {
+        Self {
+            weight: rounding::step_key(seed, step, RoundedTensor::Weight),
+            momentum: rounding::step_key(seed, step, RoundedTensor::Momentum),
+            columns: crate::storage::column_keys(dim),
+        }
+    }
+
+    /// The rounding of global class `class`'s row of `tensor`.
+    #[inline]
+    pub fn row(&self, tensor: RoundedTensor, class: usize) -> RowRounding {
+        let key = match tensor {
+            RoundedTensor::Weight => self.weight,
+            RoundedTensor::Momentum => self.momentum,
+        };
+        RowRounding {
+            row_key: rounding::row_key(key, class as u64),
+        }
+    }
+
+    /// The per-column keys.
+    pub fn columns(&self) -> &[u32] {
+        &self.columns
+    }
 }
 
 /// What the backward pass does with each used weight row's gradient.
@@ -242,11 +284,17 @@ pub enum RowSink<'a, T> {
         lr: T,
         momentum: T,
         weight_decay: T,
-        velocity: &'a mut [T],
+        velocity: RowsMut<'a, T>,
         bias_velocity: Option<&'a mut [T]>,
     },
     /// Write the gradient of used rows into dense buffers shaped like the weight (and bias).
     Gradient {
+        weight: &'a mut [T],
+        bias: Option<&'a mut [T]>,
+    },
+    /// Write the gradient of used rows into buffers of the sampled rows only, in sampled order
+    /// (`[C_s, D]` and `[C_s]`).
+    SampledGradient {
         weight: &'a mut [T],
         bias: Option<&'a mut [T]>,
     },
@@ -255,6 +303,9 @@ pub enum RowSink<'a, T> {
 #[derive(Default)]
 struct WorkerBuf<T> {
     wtile: Vec<T>,
+    /// One weight row and one momentum row in the compute type (16-bit storage).
+    wrow: Vec<T>,
+    vrow: Vec<T>,
     ztile: Vec<T>,
     utile: Vec<T>,
     dxn: Vec<T>,
@@ -269,6 +320,8 @@ impl<T: HeadFloat> WorkerBuf<T> {
     fn bytes(&self) -> usize {
         let e = size_of::<T>();
         (self.wtile.capacity()
+            + self.wrow.capacity()
+            + self.vrow.capacity()
             + self.ztile.capacity()
             + self.utile.capacity()
             + self.dxn.capacity()
@@ -347,9 +400,12 @@ fn split_rows<'b, E>(buf: &'b mut [E], bounds: &[usize], dim: usize) -> Vec<&'b 
     split_ranges(buf, &ranges, dim)
 }
 
-/// Whether the tile's rows can be read in place (no gather, no rounding).
-fn rows_in_place(setup: &StepSetup<'_, impl HeadFloat>) -> bool {
-    matches!(setup.sampled, SampledClasses::All { .. }) && setup.precision == Precision::F32
+/// Whether the tile's rows can be read in place (stored in the compute type, no gather, no
+/// rounding).
+fn rows_in_place<T: HeadFloat>(setup: &StepSetup<'_, T>, weight: &Rows<'_, T>) -> bool {
+    matches!(setup.sampled, SampledClasses::All { .. })
+        && setup.precision == Precision::F32
+        && weight.full().is_some()
 }
 
 /// Forward pass: fills the logits (materialised) and returns this rank's merged row statistics.
@@ -357,7 +413,7 @@ pub fn forward<T: HeadFloat>(
     ws: &mut Workspace<T>,
     setup: &StepSetup<'_, T>,
     plan: &Plan,
-    weight: &[T],
+    weight: Rows<'_, T>,
     bias: Option<&[T]>,
 ) -> RowStats<T> {
     T::kernel_forward(ws, setup, plan, weight, bias)
@@ -367,11 +423,12 @@ fn forward_impl<T: HeadFloat>(
     ws: &mut Workspace<T>,
     setup: &StepSetup<'_, T>,
     plan: &Plan,
-    weight: &[T],
+    weight: Rows<'_, T>,
     bias: Option<&[T]>,
 ) -> RowStats<T> {
     let (rows, dim) = (setup.rows, setup.dim);
     let classes = setup.sampled.len();
+    let in_place = rows_in_place(setup, &weight);
     ws.workers
         .resize_with(plan.ranges.len(), WorkerBuf::default);
     ws.inv_norm.resize(classes, T::zero());
@@ -395,6 +452,7 @@ fn forward_impl<T: HeadFloat>(
         .for_each(|(((buf, range), inv), region)| {
             let WorkerBuf {
                 wtile,
+                wrow,
                 ztile,
                 scratch,
                 bias_tile,
@@ -409,20 +467,25 @@ fn forward_impl<T: HeadFloat>(
                 let tile_inv = &mut inv[p0 - range.start..p0 - range.start + kc];
                 classes.clear();
                 bias_tile.clear();
+                if !in_place {
+                    wtile.resize(kc * dim, T::zero());
+                }
                 for (j, inv_j) in tile_inv.iter_mut().enumerate() {
-                    prefetch_ahead(weight, dim, setup.sampled, p0 + j, p0 + kc, |c| c);
+                    prefetch_ahead(&weight, dim, setup.sampled, p0 + j, p0 + kc, |c| c);
                     let class = setup.sampled.class_at(p0 + j);
                     classes.push((setup.class_offset + class) as i64);
-                    rows::inv_norm_into(&weight[class * dim..(class + 1) * dim], inv_j);
+                    let row = weight.row(class, dim, wrow);
+                    rows::inv_norm_into(row, inv_j);
+                    if !in_place {
+                        copy_rounded(&mut wtile[j * dim..(j + 1) * dim], row, setup.precision);
+                    }
                     if let Some(b) = bias {
                         bias_tile.push(b[class]);
                     }
                 }
-                let w_rows: &[T] = if rows_in_place(setup) {
-                    &weight[p0 * dim..(p0 + kc) * dim]
-                } else {
-                    gather_rows(wtile, weight, setup, p0, kc, |c| c);
-                    &wtile[..kc * dim]
+                let w_rows: &[T] = match weight.full() {
+                    Some(w) if in_place => &w[p0 * dim..(p0 + kc) * dim],
+                    _ => &wtile[..kc * dim],
                 };
                 let z: &mut [T] = match region {
                     Some(r) => &mut r[(p0 - range.start) * rows..(p0 - range.start + kc) * rows],
@@ -447,12 +510,12 @@ fn forward_impl<T: HeadFloat>(
     merge_stats(&ws.workers, rows, setup.calc_acc)
 }
 
-/// With Partial FC, starts loading the row (of `buf`, `[_, dim]`) of the sampled position
+/// With Partial FC, starts loading the row (of `rows`, `[_, dim]`) of the sampled position
 /// [`rows::PREFETCH_ROWS_AHEAD`] after `pos`, if it is below `end`: the sampled rows lie at
 /// random places, where the hardware prefetcher cannot follow. `local` maps a shard-local class
-/// to its row index in `buf`. Nothing when every class is used (the rows are contiguous).
-fn prefetch_ahead<T>(
-    buf: &[T],
+/// to its row index in `rows`. Nothing when every class is used (the rows are contiguous).
+fn prefetch_ahead<T: HeadFloat>(
+    rows_of: &Rows<'_, T>,
     dim: usize,
     sampled: &SampledClasses,
     pos: usize,
@@ -461,16 +524,27 @@ fn prefetch_ahead<T>(
 ) {
     let ahead = pos + rows::PREFETCH_ROWS_AHEAD;
     if ahead < end && !matches!(sampled, SampledClasses::All { .. }) {
-        let r = local(sampled.class_at(ahead));
-        rows::prefetch_row(&buf[r * dim..(r + 1) * dim]);
+        rows_of.prefetch_row(local(sampled.class_at(ahead)), dim);
     }
 }
 
-/// Copies the tile's weight rows, rounded to the operand precision, into `dst`.
-/// `local` maps a shard-local class to its row index in `weight`.
+/// `to = from`, rounded to the operand precision.
+#[inline]
+fn copy_rounded<T: HeadFloat>(to: &mut [T], from: &[T], precision: Precision) {
+    if precision == Precision::F32 {
+        to.copy_from_slice(from);
+    } else {
+        for (d, s) in to.iter_mut().zip(from) {
+            *d = s.round_to(precision);
+        }
+    }
+}
+
+/// Copies the tile's weight rows, converted to the compute type and rounded to the operand
+/// precision, into `dst`. `local` maps a shard-local class to its row index in `weight`.
 fn gather_rows<T: HeadFloat>(
     dst: &mut Vec<T>,
-    weight: &[T],
+    weight: &Rows<'_, T>,
     setup: &StepSetup<'_, T>,
     p0: usize,
     kc: usize,
@@ -481,15 +555,16 @@ fn gather_rows<T: HeadFloat>(
     for j in 0..kc {
         prefetch_ahead(weight, dim, setup.sampled, p0 + j, p0 + kc, &local);
         let r = local(setup.sampled.class_at(p0 + j));
-        let (to, from) = (
-            &mut dst[j * dim..(j + 1) * dim],
-            &weight[r * dim..(r + 1) * dim],
-        );
-        if setup.precision == Precision::F32 {
-            to.copy_from_slice(from);
-        } else {
-            for (d, s) in to.iter_mut().zip(from) {
-                *d = s.round_to(setup.precision);
+        let to = &mut dst[j * dim..(j + 1) * dim];
+        match weight.full() {
+            Some(w) => copy_rounded(to, &w[r * dim..(r + 1) * dim], setup.precision),
+            None => {
+                weight.read(r * dim..(r + 1) * dim, to);
+                if setup.precision != Precision::F32 {
+                    for v in to.iter_mut() {
+                        *v = v.round_to(setup.precision);
+                    }
+                }
             }
         }
     }
@@ -548,41 +623,37 @@ pub fn backward<T: HeadFloat>(
     lse: &[T],
     dpsi: &[f64],
     inv_batch: T,
-    weight: &mut [T],
+    weight: RowsMut<'_, T>,
     bias: Option<&mut [T]>,
     sink: RowSink<'_, T>,
 ) -> Vec<T> {
     T::kernel_backward(ws, setup, plan, lse, dpsi, inv_batch, weight, bias, sink)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward_impl<T: HeadFloat>(
-    ws: &mut Workspace<T>,
-    setup: &StepSetup<'_, T>,
-    plan: &Plan,
-    lse: &[T],
-    dpsi: &[f64],
-    inv_batch: T,
-    weight: &mut [T],
-    bias: Option<&mut [T]>,
-    sink: RowSink<'_, T>,
-) -> Vec<T> {
-    let (rows, dim) = (setup.rows, setup.dim);
-    let shard_len = weight.len() / dim.max(1);
-    let bounds = class_bounds(setup.sampled, &plan.ranges, shard_len);
-    let weights = split_rows(weight, &bounds, dim);
-    let biases = split_optional(bias, &bounds);
-    enum Part<'p, T> {
-        Sgd {
-            velocity: &'p mut [T],
-            bias_velocity: Option<&'p mut [T]>,
-            lr: T,
-            mu: T,
-            wd: T,
-        },
-        Grad(&'p mut [T], Option<&'p mut [T]>),
-    }
-    let parts: Vec<Part<'_, T>> = match sink {
+/// What one worker does with its rows' gradients (its part of the [`RowSink`]).
+enum Part<'p, T> {
+    Sgd {
+        velocity: RowsMut<'p, T>,
+        bias_velocity: Option<&'p mut [T]>,
+        lr: T,
+        mu: T,
+        wd: T,
+    },
+    /// Dense buffers indexed by local class (minus the worker's first class).
+    Grad(&'p mut [T], Option<&'p mut [T]>),
+    /// Buffers indexed by sampled position (minus the worker's first position).
+    SampledGrad(&'p mut [T], Option<&'p mut [T]>),
+}
+
+/// The sink split into one part per worker: by class bounds (weight-shaped buffers) or by
+/// sampled position ranges (sampled-row buffers).
+fn split_sink<'p, T: HeadFloat>(
+    sink: RowSink<'p, T>,
+    bounds: &[usize],
+    ranges: &[Range<usize>],
+    dim: usize,
+) -> Vec<Part<'p, T>> {
+    match sink {
         RowSink::Sgd {
             lr,
             momentum,
@@ -590,8 +661,8 @@ fn backward_impl<T: HeadFloat>(
             velocity,
             bias_velocity,
         } => {
-            let v = split_rows(velocity, &bounds, dim);
-            let bv = split_optional(bias_velocity, &bounds);
+            let v = velocity.split(bounds, dim);
+            let bv = split_optional(bias_velocity, bounds);
             v.into_iter()
                 .zip(bv)
                 .map(|(velocity, bias_velocity)| Part::Sgd {
@@ -604,14 +675,46 @@ fn backward_impl<T: HeadFloat>(
                 .collect()
         }
         RowSink::Gradient { weight, bias } => {
-            let g = split_rows(weight, &bounds, dim);
-            let gb = split_optional(bias, &bounds);
+            let g = split_rows(weight, bounds, dim);
+            let gb = split_optional(bias, bounds);
             g.into_iter()
                 .zip(gb)
                 .map(|(a, b)| Part::Grad(a, b))
                 .collect()
         }
-    };
+        RowSink::SampledGradient { weight, bias } => {
+            let g = split_ranges(weight, ranges, dim);
+            let gb: Vec<Option<&mut [T]>> = match bias {
+                Some(b) => split_ranges(b, ranges, 1).into_iter().map(Some).collect(),
+                None => ranges.iter().map(|_| None).collect(),
+            };
+            g.into_iter()
+                .zip(gb)
+                .map(|(a, b)| Part::SampledGrad(a, b))
+                .collect()
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<T: HeadFloat>(
+    ws: &mut Workspace<T>,
+    setup: &StepSetup<'_, T>,
+    plan: &Plan,
+    lse: &[T],
+    dpsi: &[f64],
+    inv_batch: T,
+    weight: RowsMut<'_, T>,
+    bias: Option<&mut [T]>,
+    sink: RowSink<'_, T>,
+) -> Vec<T> {
+    let (rows, dim) = (setup.rows, setup.dim);
+    let shard_len = weight.as_rows().len() / dim.max(1);
+    let in_place = rows_in_place(setup, &weight.as_rows());
+    let bounds = class_bounds(setup.sampled, &plan.ranges, shard_len);
+    let weights = weight.split(&bounds, dim);
+    let biases = split_optional(bias, &bounds);
+    let parts = split_sink(sink, &bounds, &plan.ranges, dim);
     let invs: Vec<&[T]> = plan
         .ranges
         .iter()
@@ -636,9 +739,11 @@ fn backward_impl<T: HeadFloat>(
         .zip(regions.into_par_iter())
         .zip(bounds.par_windows(2))
         .for_each(
-            |(((((((buf, range), wslice), mut bslice), mut part), inv), region), bound)| {
+            |(((((((buf, range), mut wslice), mut bslice), mut part), inv), region), bound)| {
                 let WorkerBuf {
                     wtile,
+                    wrow,
+                    vrow,
                     ztile,
                     utile,
                     dxn,
@@ -677,11 +782,13 @@ fn backward_impl<T: HeadFloat>(
                         );
                     }
                     {
-                        let w_rows: &[T] = if rows_in_place(setup) {
-                            &wslice[(p0 - off) * dim..(p0 - off + kc) * dim]
-                        } else {
-                            gather_rows(wtile, wslice, setup, p0, kc, |c| c - off);
-                            &wtile[..kc * dim]
+                        let stored = wslice.as_rows();
+                        let w_rows: &[T] = match stored.full() {
+                            Some(w) if in_place => &w[(p0 - off) * dim..(p0 - off + kc) * dim],
+                            _ => {
+                                gather_rows(wtile, &stored, setup, p0, kc, |c| c - off);
+                                &wtile[..kc * dim]
+                            }
                         };
                         let info = TileInfo {
                             kc,
@@ -712,14 +819,25 @@ fn backward_impl<T: HeadFloat>(
                     }
                     utile.resize(kc * dim, T::zero());
                     gemm::at_b(utile, g, setup.xop, kc, dim, rows);
+                    let half = !matches!(wslice, RowsMut::Full(_));
                     for j in 0..kc {
                         if let Part::Sgd { velocity, .. } = &part {
                             let sampled = setup.sampled;
-                            prefetch_ahead(velocity, dim, sampled, p0 + j, p0 + kc, |c| c - off);
+                            let v = velocity.as_rows();
+                            prefetch_ahead(&v, dim, sampled, p0 + j, p0 + kc, |c| c - off);
                         }
-                        let r = setup.sampled.class_at(p0 + j) - off;
-                        let w = &mut wslice[r * dim..(r + 1) * dim];
+                        let class = setup.sampled.class_at(p0 + j);
+                        let r = class - off;
                         let u = &mut utile[j * dim..(j + 1) * dim];
+                        // The row in the compute type: in place, or converted from storage.
+                        if half {
+                            wrow.resize(dim, T::zero());
+                            wslice.as_rows().read(r * dim..(r + 1) * dim, wrow);
+                        }
+                        let w: &mut [T] = match wslice.full_row(r, dim) {
+                            Some(w) => w,
+                            None => &mut wrow[..dim],
+                        };
                         if is_margin {
                             // dL/dw = u - (u . w) w / |w|^2: the weight normalisation's backward.
                             rows::project_out(u, w, tile_inv[j] * tile_inv[j]);
@@ -733,14 +851,22 @@ fn backward_impl<T: HeadFloat>(
                                 wd,
                             } => {
                                 let (lr, mu, wd) = (*lr, *mu, *wd);
-                                rows::sgd_row(
-                                    w,
-                                    &mut velocity[r * dim..(r + 1) * dim],
-                                    u,
-                                    lr,
-                                    mu,
-                                    wd,
-                                );
+                                match velocity.full_row(r, dim) {
+                                    Some(v) => rows::sgd_row(w, v, u, lr, mu, wd),
+                                    None => {
+                                        vrow.resize(dim, T::zero());
+                                        velocity.as_rows().read(r * dim..(r + 1) * dim, vrow);
+                                        rows::sgd_row(w, vrow, u, lr, mu, wd);
+                                    }
+                                }
+                                if let Some(keys) = setup.rounding.filter(|_| half) {
+                                    let global = setup.class_offset + class;
+                                    let cols = keys.columns();
+                                    let wk = keys.row(RoundedTensor::Weight, global);
+                                    let vk = keys.row(RoundedTensor::Momentum, global);
+                                    wslice.write_row(r, &wrow[..dim], wk, cols);
+                                    velocity.write_row(r, &vrow[..dim], vk, cols);
+                                }
                                 if let (Some(b), Some(bv)) =
                                     (bslice.as_deref_mut(), bias_velocity.as_deref_mut())
                                 {
@@ -752,6 +878,13 @@ fn backward_impl<T: HeadFloat>(
                                 gw[r * dim..(r + 1) * dim].copy_from_slice(u);
                                 if let Some(gb) = gb.as_deref_mut() {
                                     gb[r] = colsum[j];
+                                }
+                            }
+                            Part::SampledGrad(gw, gb) => {
+                                let q = p0 + j - range.start;
+                                gw[q * dim..(q + 1) * dim].copy_from_slice(u);
+                                if let Some(gb) = gb.as_deref_mut() {
+                                    gb[q] = colsum[j];
                                 }
                             }
                         }

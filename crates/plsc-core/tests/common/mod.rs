@@ -72,7 +72,7 @@ pub fn run_sharded<T: HeadFloat>(
             .map(|v| T::from_f64(*v))
             .collect();
         let bias = head.bias().map(|b| b.to_vec());
-        head.set_weight(w, bias)?;
+        head.set_weight(plsc_core::RowStore::Full(w), bias)?;
         let x: Vec<T> = p.features[lo * d..hi * d]
             .iter()
             .map(|v| T::from_f64(*v))

@@ -1,0 +1,223 @@
+//! Stochastic rounding of updated head rows to 16-bit storage, keyed by
+//! `(seed, step, tensor, class, column)`.
+//!
+//! With weight and momentum stored in bf16 or f16 ([`crate::HeadStorage`]), a round-to-nearest
+//! update `w - lr v` loses every change smaller than half a unit in the last place: at bf16's 8
+//! significant bits, an update below `2^-9 |w|` vanishes, which is most of a late-training SGD
+//! step. Stochastic rounding keeps the update **in expectation**: a value `x` between the two
+//! neighbouring storage values `lo <= x <= hi` is stored as `hi` with probability
+//! `p = (x - lo) / (hi - lo)` and as `lo` otherwise, so `E[stored] = x` exactly.
+//!
+//! # The rule, exactly
+//!
+//! For an f32 value `x` and a uniform `u` in `[0, 1)`:
+//!
+//! ```text
+//! r   = RN(x)                  round to nearest even in the storage format
+//! d   = x - r                  exact in f32
+//! gap = |o - r|                o: the storage neighbour of r on x's side (a power of two)
+//! p   = |d| / gap              exact: a power-of-two division
+//! stored = o  if u < p,  else r
+//! ```
+//!
+//! which is the same distribution as "`hi` with probability `(x - lo) / (hi - lo)`": when `r`
+//! is `lo`, `p = (x - lo) / gap`; when `r` is `hi`, `o = lo` is taken with probability
+//! `(hi - x) / gap`. Every quantity is exact, so the decision depends on `x` and `u` only, not on
+//! how the arithmetic is carried out: the device path ([`crate::DeviceHead`]) computes `gap`
+//! with float operations and takes the same decisions.
+//!
+//! # The random bits
+//!
+//! `u = (h >> 7) / 2^24`, with `h` a 31-bit hash of `(seed, step, tensor, class, column)`:
+//! `class` is the **global** class index and `column` the embedding coordinate, `tensor` tells
+//! weight from momentum. Nothing depends on the rank count, the thread count or which worker
+//! updates a row, so runs stay bit-reproducible across thread counts, resume and resharding.
+//!
+//! The hash, [`mix31`], is a bijection of 31-bit integers built from xor-shifts and
+//! multiplications by odd constants written as shift-and-add. It uses only operations that give
+//! the same bits on 32-bit and 64-bit integer tensors (values kept below `2^31`, sums masked),
+//! which is what lets the device path compute it with burn's integer tensors.
+
+use half::{bf16, f16};
+
+/// The low 31 bits.
+pub const MASK31: u32 = 0x7FFF_FFFF;
+
+/// Which tensor a value belongs to (part of the rounding key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundedTensor {
+    Weight = 1,
+    Momentum = 2,
+}
+
+/// A bijective mix of 31-bit integers (`x < 2^31`; the result is below `2^31` too).
+#[inline(always)]
+pub fn mix31(mut x: u32) -> u32 {
+    x &= MASK31;
+    x ^= x >> 16;
+    x = (x + ((x << 9) & MASK31)) & MASK31;
+    x ^= x >> 13;
+    x = (x + ((x << 5) & MASK31)) & MASK31;
+    x ^= x >> 11;
+    x = (x + ((x << 15) & MASK31)) & MASK31;
+    x ^= x >> 16;
+    x
+}
+
+/// Folds a 64-bit value into 31 bits (every input bit reaches the result).
+#[inline(always)]
+pub fn fold31(v: u64) -> u32 {
+    ((v ^ (v >> 31) ^ (v >> 62)) as u32) & MASK31
+}
+
+/// The part of the key shared by a whole step and tensor: `mix31(seed ^ mix31(step ^
+/// mix31(tensor)))` (each folded to 31 bits).
+#[inline]
+pub fn step_key(seed: u64, step: u64, tensor: RoundedTensor) -> u32 {
+    mix31(fold31(seed) ^ mix31(fold31(step) ^ mix31(tensor as u32)))
+}
+
+/// The key of one row: `mix31(step_key ^ class)` (`class` global, below `2^31`).
+#[inline(always)]
+pub fn row_key(step_key: u32, class: u64) -> u32 {
+    mix31(step_key ^ fold31(class))
+}
+
+/// The key of one column, shared by every row: `mix31(column ^ 0x2545F491)`.
+#[inline(always)]
+pub fn column_key(column: usize) -> u32 {
+    mix31((column as u32 & MASK31) ^ 0x2545_F491)
+}
+
+/// The 24 uniform bits of one element: `mix31(row_key ^ column_key) >> 7`.
+#[inline(always)]
+pub fn element_bits(row_key: u32, column_key: u32) -> u32 {
+    mix31(row_key ^ column_key) >> 7
+}
+
+/// `u` in `[0, 1)` from 24 bits (exact in f32).
+#[inline(always)]
+pub fn uniform(bits24: u32) -> f32 {
+    bits24 as f32 * (1.0 / 16_777_216.0)
+}
+
+/// A 16-bit float format of the head's storage.
+pub trait HalfFormat: Copy + Send + Sync + 'static {
+    /// Round to nearest even.
+    fn nearest(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    fn to_bits(self) -> u16;
+    fn from_bits(bits: u16) -> Self;
+}
+
+impl HalfFormat for bf16 {
+    #[inline(always)]
+    fn nearest(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn to_bits(self) -> u16 {
+        bf16::to_bits(self)
+    }
+    #[inline(always)]
+    fn from_bits(bits: u16) -> Self {
+        bf16::from_bits(bits)
+    }
+}
+
+impl HalfFormat for f16 {
+    #[inline(always)]
+    fn nearest(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn to_bits(self) -> u16 {
+        f16::to_bits(self)
+    }
+    #[inline(always)]
+    fn from_bits(bits: u16) -> Self {
+        f16::from_bits(bits)
+    }
+}
+
+/// `x` stochastically rounded to the format `H` with `u` in `[0, 1)` (see the
+/// [module doc](self)). Non-finite values and values beyond the format's range round to
+/// nearest.
+#[inline(always)]
+pub fn round_stochastic<H: HalfFormat>(x: f32, u: f32) -> H {
+    let r = H::nearest(x);
+    let rf = r.to_f32();
+    if rf == x || !x.is_finite() || !rf.is_finite() {
+        return r;
+    }
+    // The neighbour of r on x's side, by one step of the magnitude bits.
+    let sign = if x < 0.0 { 0x8000u16 } else { 0 };
+    let mag = r.to_bits() & 0x7FFF;
+    let mag = if rf == 0.0 {
+        1
+    } else if x.abs() > rf.abs() {
+        mag + 1
+    } else {
+        mag - 1
+    };
+    let o = H::from_bits(sign | mag);
+    let of = o.to_f32();
+    if !of.is_finite() {
+        return r;
+    }
+    let p = (x - rf).abs() / (of - rf).abs();
+    if u < p { o } else { r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix31_is_a_bijection_on_a_sample_and_stays_in_31_bits() {
+        let mut seen = std::collections::HashSet::new();
+        for x in (0..200_000u32).map(|i| i.wrapping_mul(10_007) & MASK31) {
+            let h = mix31(x);
+            assert!(h <= MASK31);
+            seen.insert(h);
+        }
+        assert_eq!(seen.len(), 200_000);
+    }
+
+    #[test]
+    fn exact_values_are_kept_and_neighbours_are_the_only_outcomes() {
+        for &x in &[1.0f32, -2.5, 0.0, 3.0e-3] {
+            let h = bf16::from_f32(x).to_f32();
+            for u in [0.0, 0.5, 0.999] {
+                assert_eq!(round_stochastic::<bf16>(h, u).to_f32(), h);
+            }
+        }
+        // 1 + 2^-9 lies a quarter of the way... between bf16's 1 and 1 + 2^-7.
+        let x = 1.0 + 2f32.powi(-9);
+        assert_eq!(round_stochastic::<bf16>(x, 0.3).to_f32(), 1.0);
+        assert_eq!(
+            round_stochastic::<bf16>(x, 0.2).to_f32(),
+            1.0 + 2f32.powi(-7)
+        );
+        // Below a power of two the spacing halves: 1 - 2^-10 lies between 1 - 2^-8 and 1.
+        let x = 1.0 - 2f32.powi(-10);
+        assert_eq!(
+            round_stochastic::<bf16>(x, 0.2).to_f32(),
+            1.0 - 2f32.powi(-8)
+        );
+        assert_eq!(round_stochastic::<bf16>(x, 0.3).to_f32(), 1.0);
+        // f16 subnormals: spacing 2^-24.
+        let x = 2f32.powi(-26);
+        assert_eq!(round_stochastic::<f16>(x, 0.2).to_f32(), 2f32.powi(-24));
+        assert_eq!(round_stochastic::<f16>(x, 0.3).to_f32(), 0.0);
+        assert_eq!(round_stochastic::<f16>(-x, 0.2).to_f32(), -(2f32.powi(-24)));
+    }
+}
