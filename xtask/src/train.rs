@@ -98,6 +98,11 @@ pub struct TrainArgs {
     /// `device` (on the CPU: the generic tensor path a GPU runs, for comparisons).
     #[arg(long)]
     head_placement: Option<String>,
+    /// How the head stores its weight and momentum: `f32` (default), `bf16` or `f16` (2 bytes
+    /// per value instead of 4, updates stochastically rounded: for millions of classes; see
+    /// docs/scale.md). A checkpoint resumes only into its own storage.
+    #[arg(long)]
+    head_storage: Option<String>,
     /// Root of the checkpoints (default: the run directory's `checkpoints/`).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
@@ -163,6 +168,9 @@ impl TrainArgs {
         }
         if let Some(p) = &self.head_placement {
             e.head_placement = p.parse()?;
+        }
+        if let Some(s) = &self.head_storage {
+            e.head_storage = s.parse()?;
         }
         if self.resume {
             e.resume = true;

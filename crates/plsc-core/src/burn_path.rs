@@ -185,10 +185,14 @@ pub fn prepare<B: Backend>(
             ))
         }
     };
+    // The sampled rows in f32 (16-bit storage is cast row by row here, never the shard).
     let (ws, bs) = match &indices {
-        None => (weight.clone(), bias.cloned()),
+        None => (
+            crate::device_rounding::to_f32(weight.clone()),
+            bias.cloned(),
+        ),
         Some(idx) => (
-            weight.clone().select(0, idx.clone()),
+            crate::device_rounding::to_f32(weight.clone().select(0, idx.clone())),
             bias.map(|b| b.clone().select(0, idx.clone())),
         ),
     };

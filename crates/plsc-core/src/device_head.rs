@@ -7,18 +7,25 @@
 //! It follows the contracts of [`crate::ShardedHead`]: initialisation from `(seed, class)` only,
 //! the same Partial FC rule (`(seed, step, rank)`), sparse SGD-momentum on the sampled rows only
 //! (`v <- m v + (g + wd w)`, `w <- w - lr v`, see [`crate::sgd`]), and its rows load from and
-//! save to the same checkpoint format (as host `f32` rows).
+//! save to the same checkpoint format (as host rows in the storage type).
+//!
+//! With 16-bit [`HeadStorage`] the shard's tensors are bf16/f16 on the device: the sampled
+//! rows are cast to f32 for the products and the update, and written back with the CPU
+//! kernel's stochastic rounding ([`crate::device_rounding`]).
 
 use crate::burn_path::{
     backward_tiles, forward_tiles, gather, prepare, reduce_statistics, replicated_loss,
     scatter_feature_grad,
 };
+use crate::device_rounding::{self, storage_dtype, to_f32};
 use crate::error::HeadError;
 use crate::head::{Accuracy, HeadConfig, global_accuracy};
 use crate::init;
 use crate::loss::LossKind;
+use crate::rounding::RoundedTensor;
 use crate::sampling::SampledClasses;
 use crate::shard::ClassShard;
+use crate::storage::{HeadStorage, RowStore};
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use plsc_comm::ReduceOp;
@@ -36,6 +43,8 @@ pub enum DeviceUpdate {
 
 /// The weight (and bias) gradient of one step, on the sampled rows only.
 pub struct HeadGradient<B: Backend> {
+    /// The step it was computed at (the stochastic rounding's key).
+    pub step: u64,
     /// The rows of the shard the gradient belongs to (`None`: every row, in order).
     pub rows: Option<Tensor<B, 1, Int>>,
     /// The classes that took part (local indices within the shard).
@@ -116,6 +125,27 @@ fn assign_rows<B: Backend>(
         .select_assign(0, idx.clone(), new, IndexingUpdateOp::Add)
 }
 
+/// Stored rows uploaded in their dtype.
+fn upload<B: Backend>(rows: RowStore<f32>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
+    let dtype = storage_dtype(rows.storage());
+    let data = match rows {
+        RowStore::Full(v) => TensorData::new(v, shape),
+        RowStore::Bf16(v) => TensorData::new(v, shape),
+        RowStore::F16(v) => TensorData::new(v, shape),
+    };
+    Tensor::from_data(data, (device, dtype))
+}
+
+/// A tensor of the storage dtype copied to the host as stored rows.
+fn download<B: Backend>(t: &Tensor<B, 2>, storage: HeadStorage) -> RowStore<f32> {
+    let data = t.clone().into_data();
+    match storage {
+        HeadStorage::F32 => RowStore::Full(data.convert::<f32>().into_vec().unwrap_or_default()),
+        HeadStorage::Bf16 => RowStore::Bf16(data.into_vec().unwrap_or_default()),
+        HeadStorage::F16 => RowStore::F16(data.into_vec().unwrap_or_default()),
+    }
+}
+
 fn to_host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
     t.clone()
         .into_data()
@@ -136,16 +166,17 @@ impl<B: Backend> DeviceHead<B> {
         config.validate()?;
         let shard = config.shard_of(rank, world_size)?;
         let d = config.embedding_size;
-        let mut w = vec![0.0f32; shard.len * d];
-        init::init_rows(config.seed, shard.start, d, &mut w);
+        let mut w = RowStore::zeros(config.storage, shard.len * d);
+        init::init_stored_rows(config.seed, shard.start, d, w.view_mut());
+        let dtype = storage_dtype(config.storage);
         let softmax = config.loss.kind == LossKind::Softmax;
         let bias = softmax.then(|| {
             let b: Vec<f32> = init::init_bias(shard.len);
             Tensor::from_data(TensorData::new(b, [shard.len]), device)
         });
         Ok(Self {
-            weight: Tensor::from_data(TensorData::new(w, [shard.len, d]), device),
-            velocity: Tensor::zeros([shard.len, d], device),
+            weight: upload(w, [shard.len, d], device),
+            velocity: Tensor::zeros([shard.len, d], (device, dtype)),
             bias_velocity: softmax.then(|| Tensor::zeros([shard.len], device)),
             bias,
             config,
@@ -171,13 +202,25 @@ impl<B: Backend> DeviceHead<B> {
     pub fn velocity(&self) -> &Tensor<B, 2> {
         &self.velocity
     }
-    /// The weight rows copied to the host, row-major (for checkpoints).
-    pub fn weight_host(&self) -> Vec<f32> {
-        to_host(&self.weight)
+    /// The weight rows copied to the host, row-major, in the storage type (for checkpoints).
+    pub fn weight_host(&self) -> RowStore<f32> {
+        download(&self.weight, self.config.storage)
     }
-    /// The momentum rows copied to the host.
-    pub fn velocity_host(&self) -> Vec<f32> {
-        to_host(&self.velocity)
+    /// The momentum rows copied to the host, in the storage type.
+    pub fn velocity_host(&self) -> RowStore<f32> {
+        download(&self.velocity, self.config.storage)
+    }
+
+    fn check_storage(&self, tensor: &'static str, rows: &RowStore<f32>) -> Result<(), HeadError> {
+        if rows.storage() != self.config.storage {
+            return Err(HeadError::Storage {
+                rank: self.shard.rank,
+                tensor,
+                got: rows.storage(),
+                expected: self.config.storage,
+            });
+        }
+        Ok(())
     }
     /// The bias copied to the host (softmax).
     pub fn bias_host(&self) -> Option<Vec<f32>> {
@@ -209,19 +252,21 @@ impl<B: Backend> DeviceHead<B> {
         Ok(())
     }
 
-    /// Replaces weight (and bias) rows from host values (checkpoints, given weights).
+    /// Replaces weight (and bias) rows from host rows in the storage type (checkpoints, given
+    /// weights).
     pub fn set_weight(
         &mut self,
-        weight: Vec<f32>,
+        weight: RowStore<f32>,
         bias: Option<Vec<f32>>,
     ) -> Result<(), HeadError> {
         let (n, d) = (self.shard.len, self.config.embedding_size);
+        self.check_storage("weight", &weight)?;
         self.check_len("weight", weight.len(), n * d)?;
         let device = self.weight.device();
         if let (Some(_), Some(b)) = (&self.bias, &bias) {
             self.check_len("bias", b.len(), n)?;
         }
-        self.weight = Tensor::from_data(TensorData::new(weight, [n, d]), &device);
+        self.weight = upload(weight, [n, d], &device);
         if let (Some(slot), Some(b)) = (self.bias.as_mut(), bias) {
             *slot = Tensor::from_data(TensorData::new(b, [n]), &device);
         }
@@ -231,16 +276,17 @@ impl<B: Backend> DeviceHead<B> {
     /// Replaces the momentum rows from host values (resume).
     pub fn set_velocity(
         &mut self,
-        velocity: Vec<f32>,
+        velocity: RowStore<f32>,
         bias_velocity: Option<Vec<f32>>,
     ) -> Result<(), HeadError> {
         let (n, d) = (self.shard.len, self.config.embedding_size);
+        self.check_storage("momentum", &velocity)?;
         self.check_len("momentum", velocity.len(), n * d)?;
         if let (Some(_), Some(b)) = (&self.bias_velocity, &bias_velocity) {
             self.check_len("bias_momentum", b.len(), n)?;
         }
         let device = self.weight.device();
-        self.velocity = Tensor::from_data(TensorData::new(velocity, [n, d]), &device);
+        self.velocity = upload(velocity, [n, d], &device);
         if let (Some(slot), Some(b)) = (self.bias_velocity.as_mut(), bias_velocity) {
             *slot = Tensor::from_data(TensorData::new(b, [n]), &device);
         }
@@ -296,6 +342,7 @@ impl<B: Backend> DeviceHead<B> {
         };
         debug_assert_eq!(gw.dims()[1], d);
         let gradient = HeadGradient {
+            step,
             rows: p.indices.clone(),
             sampled: p.sampled.clone(),
             weight: gw,
@@ -340,19 +387,46 @@ impl<B: Backend> DeviceHead<B> {
             let v = v.mul_scalar(m) + (g + w.clone().mul_scalar(wd));
             (w - v.clone().mul_scalar(lr), v)
         };
+        // Back to the storage type: stochastic rounding keyed by (seed, step, class, column).
+        let storage = self.config.storage;
+        let store = |t: Tensor<B, 2>, tensor: RoundedTensor| {
+            if !storage.is_half() {
+                return t;
+            }
+            let classes: Vec<usize> = (0..grad.sampled.len())
+                .map(|pos| self.shard.start + grad.sampled.class_at(pos))
+                .collect();
+            let u = device_rounding::uniforms::<B>(
+                self.config.seed,
+                grad.step,
+                tensor,
+                &classes,
+                d,
+                &t.device(),
+            );
+            device_rounding::round_stochastic(t, u, storage)
+        };
         match &grad.rows {
             None => {
                 let (w, v) = sgd(
-                    self.weight.clone(),
-                    self.velocity.clone(),
+                    to_f32(self.weight.clone()),
+                    to_f32(self.velocity.clone()),
                     grad.weight.clone(),
+                );
+                let (w, v) = (
+                    store(w, RoundedTensor::Weight),
+                    store(v, RoundedTensor::Momentum),
                 );
                 (self.weight, self.velocity) = (w, v);
             }
             Some(idx) => {
                 let ws = self.weight.clone().select(0, idx.clone());
                 let vs = self.velocity.clone().select(0, idx.clone());
-                let (nw, nv) = sgd(ws.clone(), vs.clone(), grad.weight.clone());
+                let (nw, nv) = sgd(to_f32(ws.clone()), to_f32(vs.clone()), grad.weight.clone());
+                let (nw, nv) = (
+                    store(nw, RoundedTensor::Weight),
+                    store(nv, RoundedTensor::Momentum),
+                );
                 self.weight = assign_rows(self.weight.clone(), idx, ws, nw);
                 self.velocity = assign_rows(self.velocity.clone(), idx, vs, nv);
             }

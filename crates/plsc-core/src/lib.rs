@@ -9,6 +9,7 @@
 pub mod burn_path;
 pub mod cpu;
 mod device_head;
+pub mod device_rounding;
 mod error;
 mod fast_exp;
 pub mod float;

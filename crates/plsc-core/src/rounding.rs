@@ -159,7 +159,6 @@ pub fn round_stochastic<H: HalfFormat>(x: f32, u: f32) -> H {
         return r;
     }
     // The neighbour of r on x's side, by one step of the magnitude bits.
-    let sign = if x < 0.0 { 0x8000u16 } else { 0 };
     let mag = r.to_bits() & 0x7FFF;
     let mag = if rf == 0.0 {
         1
@@ -168,6 +167,8 @@ pub fn round_stochastic<H: HalfFormat>(x: f32, u: f32) -> H {
     } else {
         mag - 1
     };
+    // Zero is stored as +0 (what `r + sign(d) gap` gives on the device).
+    let sign = if x < 0.0 && mag != 0 { 0x8000u16 } else { 0 };
     let o = H::from_bits(sign | mag);
     let of = o.to_f32();
     if !of.is_finite() {

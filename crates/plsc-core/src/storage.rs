@@ -211,7 +211,7 @@ impl RowStore<f32> {
     /// Rows from their little-endian bits in `storage` (the inverse of [`Self::raw_bytes_le`]).
     pub fn from_raw_bytes_le(storage: HeadStorage, bytes: &[u8]) -> Result<Self, HeadError> {
         let width = storage.bytes();
-        if bytes.len() % width != 0 {
+        if !bytes.len().is_multiple_of(width) {
             return Err(HeadError::Config {
                 name: "head_storage",
                 detail: format!(

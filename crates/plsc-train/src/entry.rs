@@ -192,6 +192,11 @@ pub struct Entry {
     /// CPU, tensors on the device on a GPU), `host` or `device` (on the CPU: the generic tensor
     /// path on Flex, which the GPU runs; for comparisons and tests).
     pub head_placement: crate::device::PlacementChoice,
+    /// How the head stores its weight and momentum: `f32` (the default), `bf16` or `f16`
+    /// (half the bytes per class, updates stochastically rounded; see docs/scale.md).
+    /// Independent of `mixed_precision`. A checkpoint resumes only into the same storage;
+    /// `xtask reshard --head-storage` converts.
+    pub head_storage: plsc_core::HeadStorage,
 }
 
 impl Default for Entry {
@@ -247,6 +252,7 @@ impl Default for Entry {
             data_threads: 1,
             device: "cpu".into(),
             head_placement: crate::device::PlacementChoice::Auto,
+            head_storage: plsc_core::HeadStorage::F32,
         }
     }
 }
@@ -345,6 +351,8 @@ impl Entry {
         with_device: device: &str;
         /// Where the head lives: `auto`, `host` or `device`.
         with_head_placement: head_placement: crate::device::PlacementChoice;
+        /// How the head stores weight and momentum.
+        with_head_storage: head_storage: plsc_core::HeadStorage;
         /// With `resume`: start from step 0 when only damaged checkpoints are left.
         with_restart: restart: bool;
         /// With a pretrained checkpoint, load its head rows too.

@@ -204,10 +204,10 @@ impl<B: Backend> RankHead<B> {
                 ckpt.check_head_config(h.config())?;
                 let s = h.shard();
                 let rows = ckpt.load_head_range(s.rank, s.start, s.len)?;
-                h.set_weight(rows.weight, rows.bias)
+                h.set_weight(RowStore::Full(rows.weight), rows.bias)
                     .map_err(plsc_ckpt::CkptError::from)?;
                 if with_momentum {
-                    h.set_velocity(rows.momentum, rows.bias_momentum)
+                    h.set_velocity(RowStore::Full(rows.momentum), rows.bias_momentum)
                         .map_err(plsc_ckpt::CkptError::from)?;
                 }
                 Ok(())
@@ -228,8 +228,8 @@ impl<B: Backend> RankHead<B> {
             },
             Self::Device(h) => HostRows {
                 shard: h.shard(),
-                weight: Cow::Owned(RowStore::Full(h.weight_host())),
-                momentum: Cow::Owned(RowStore::Full(h.velocity_host())),
+                weight: Cow::Owned(h.weight_host()),
+                momentum: Cow::Owned(h.velocity_host()),
                 bias: h.bias_host().map(Cow::Owned),
                 bias_momentum: h.bias_velocity_host().map(Cow::Owned),
             },
@@ -240,7 +240,7 @@ impl<B: Backend> RankHead<B> {
     pub fn weight_host(&self) -> Vec<f32> {
         match self {
             Self::Host(h) => h.head.weight().to_vec(),
-            Self::Device(h) => h.weight_host(),
+            Self::Device(h) => h.weight_host().to_vec(),
         }
     }
 
@@ -248,7 +248,7 @@ impl<B: Backend> RankHead<B> {
     pub fn velocity_host(&self) -> Vec<f32> {
         match self {
             Self::Host(h) => h.head.velocity().to_vec(),
-            Self::Device(h) => h.velocity_host(),
+            Self::Device(h) => h.velocity_host().to_vec(),
         }
     }
 }

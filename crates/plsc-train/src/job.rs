@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::device::Device;
 use crate::entry::Entry;
 use crate::error::{Result, TrainError};
+use crate::memory::{RssAnonSampler, gib};
 use crate::model::TrainModel;
 use crate::records::EvalRecord;
 use crate::resume::{Beginning, find_beginning};
@@ -42,7 +43,8 @@ pub struct RunSummary {
     /// Root of the checkpoints (the final one is `step-<steps>/`).
     pub checkpoints: PathBuf,
     /// The exported model (`model.json` + weights, what `xtask export` writes and `xtask eval
-    /// --model` and the server load), from the final checkpoint.
+    /// --model` and the server load): the final backbone, the same as an export of the final
+    /// checkpoint.
     pub model: PathBuf,
     /// Steps run.
     pub steps: u64,
@@ -64,6 +66,15 @@ pub struct RunSummary {
     pub timings: Timings,
     /// Mean global images per second over the run (verification excluded).
     pub images_per_sec: f64,
+    /// The largest `RssAnon` (anonymous resident memory) of rank 0's process over the whole
+    /// run, checkpoints and export included, sampled every 50 ms ([`crate::memory`]); absent
+    /// where it cannot be read (not Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_anon_bytes: Option<u64>,
+    /// The median `RssAnon` of rank 0's process while it trained (the training loop: head
+    /// and backbone built, steps, periodic checkpoints); absent where it cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady_rss_anon_bytes: Option<u64>,
 }
 
 /// Decoder threads of a rank's stream: `data_threads`, and on a GPU at least this process's
@@ -239,6 +250,10 @@ where
     entry.validate()?;
     let hcomm = comm.communicator();
     let rank = hcomm.rank();
+    // Rank 0 samples its process's anonymous memory over the whole run (summary.json).
+    let memory = (rank == 0)
+        .then(|| RssAnonSampler::start(crate::memory::DEFAULT_PERIOD))
+        .flatten();
     if hcomm.world_size() != entry.ranks {
         return Err(TrainError::Config {
             name: "ranks",
@@ -313,6 +328,9 @@ where
         outputs.val_sets = load_val_sets(entry)?;
     }
     let backbone = build_backbone::<B>(entry, device)?;
+    if let Some(m) = &memory {
+        m.begin_steady();
+    }
     let outcome = train_rank::<B, _, C>(
         entry,
         comm,
@@ -322,10 +340,21 @@ where
         stream_batches_from(&stream, rank, data_position(&plan)),
         outputs,
     )?;
+    if let Some(m) = &memory {
+        m.end_steady();
+    }
     if rank != 0 {
         return Ok(None);
     }
-    finish_run(entry, &plan, &run_dir, &checkpoints, &outcome).map(Some)
+    finish_run(
+        entry,
+        &plan,
+        &run_dir,
+        &checkpoints,
+        &outcome,
+        memory.as_ref(),
+    )
+    .map(Some)
 }
 
 /// One process of a multi-process GPU run (`cargo xtask launch ... -- train --device cuda`):
@@ -645,14 +674,15 @@ fn log_start(entry: &Entry, plan: &Plan, run_dir: &Path, how: &str) {
     );
 }
 
-/// Rank 0 after training: the backbone file, the exported model from the last checkpoint and
-/// `summary.json`.
+/// Rank 0 after training: the backbone file, the exported model (the in-memory backbone, as
+/// the last checkpoint holds it) and `summary.json`.
 fn finish_run<B: AutodiffBackend>(
     entry: &Entry,
     plan: &Plan,
     run_dir: &Path,
     checkpoints: &Path,
     outcome: &crate::trainer::TrainOutcome<plsc_models::Backbone<B>>,
+    memory: Option<&RssAnonSampler>,
 ) -> Result<RunSummary> {
     let backbone_path = run_dir.join("backbone.safetensors");
     outcome.ranks[0]
@@ -664,8 +694,16 @@ fn finish_run<B: AutodiffBackend>(
         rank: 0,
         source: Box::new(source),
     };
-    let last = plsc_ckpt::Checkpoint::open_dir_or_latest(checkpoints).map_err(as_train_error)?;
-    plsc_ckpt::export(&last, &model_dir).map_err(as_train_error)?;
+    // The export is the in-memory backbone: the same tensors the last checkpoint saved (the
+    // trainer saves it at the last step, after every rank took rank 0's running statistics),
+    // without re-reading and verifying that checkpoint's head shards.
+    plsc_ckpt::export_tensors(
+        model_spec(entry),
+        &TrainModel::state_tensors(&outcome.ranks[0].model),
+        plan.total_steps,
+        &model_dir,
+    )
+    .map_err(as_train_error)?;
     let mut final_eval: Vec<EvalRecord> = Vec::new();
     for e in outcome.evals.iter().rev() {
         if !final_eval.iter().any(|f| f.target == e.target) {
@@ -692,10 +730,32 @@ fn finish_run<B: AutodiffBackend>(
         final_eval,
         timings: t,
         images_per_sec: (steps_run as usize * entry.global_batch()) as f64 / train_s,
+        peak_rss_anon_bytes: None,
+        steady_rss_anon_bytes: None,
     };
+    // Measured last, after the export: the peak covers the whole run.
+    let summary = with_memory(summary, memory);
     let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
     write_atomically(&run_dir.join("summary.json"), json.as_bytes())?;
     Ok(summary)
+}
+
+/// `summary` with the peak and steady `RssAnon` of `memory`, also logged (the run's last log
+/// line).
+fn with_memory(mut summary: RunSummary, memory: Option<&RssAnonSampler>) -> RunSummary {
+    if let Some(m) = memory {
+        let r = m.report();
+        summary.peak_rss_anon_bytes = Some(r.peak_bytes);
+        summary.steady_rss_anon_bytes = r.steady_bytes;
+        tracing::info!(
+            peak_rss_anon_bytes = r.peak_bytes,
+            steady_rss_anon_bytes = r.steady_bytes,
+            "run finished: peak RssAnon {:.2} GiB, steady (training median) {:.2} GiB",
+            gib(r.peak_bytes),
+            r.steady_bytes.map_or(f64::NAN, gib)
+        );
+    }
+    summary
 }
 
 /// `path` relative to the current directory when it lies below it (for printing).

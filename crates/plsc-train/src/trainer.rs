@@ -372,6 +372,7 @@ where
         .with_sample_ratio(entry.sample_ratio)
         .with_seed(entry.seed)
         .with_precision(entry.head_precision())
+        .with_storage(entry.head_storage)
         .with_calc_acc(entry.calc_acc)
         .with_optimizer(
             SparseSgdConfig::new()

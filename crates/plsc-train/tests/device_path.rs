@@ -389,7 +389,7 @@ fn both_heads_sample_the_same_classes() {
             );
         }
         // And the updated rows agree.
-        let (hw, dw) = (host.weight().to_vec(), dev.weight_host());
+        let (hw, dw) = (host.weight().to_vec(), dev.weight_host().to_vec());
         Ok::<f32, plsc_core::HeadError>(
             hw.iter()
                 .zip(&dw)

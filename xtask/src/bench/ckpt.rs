@@ -22,7 +22,7 @@ use anyhow::{Context, bail, ensure};
 use plsc_ckpt::{
     Checkpoint, CheckpointMeta, HeadShardRef, PendingCheckpoint, SaveOptions, TrainingState,
 };
-use plsc_core::{ClassShard, HeadConfig};
+use plsc_core::{ClassShard, HeadConfig, RowStore};
 use serde::Serialize;
 
 use super::stats::median;
@@ -147,7 +147,7 @@ fn meta(classes: usize, dim: usize, ranks: usize, step: u64) -> CheckpointMeta {
 }
 
 /// Deterministic, cheap, non-constant rows for a shard (weight, momentum).
-fn shard_values(shard: ClassShard, dim: usize) -> (Vec<f32>, Vec<f32>) {
+fn shard_values(shard: ClassShard, dim: usize) -> (RowStore<f32>, RowStore<f32>) {
     let n = shard.len * dim;
     let first = (shard.start * dim) as u64;
     let pattern = |salt: u64| -> Vec<f32> {
@@ -160,7 +160,7 @@ fn shard_values(shard: ClassShard, dim: usize) -> (Vec<f32>, Vec<f32>) {
             })
             .collect()
     };
-    (pattern(1), pattern(2))
+    (RowStore::Full(pattern(1)), RowStore::Full(pattern(2)))
 }
 
 /// Writes a head-only checkpoint one shard at a time (at most one shard in memory).
@@ -190,7 +190,7 @@ fn bench_io(args: &CkptArgs, scratch: &Path) -> anyhow::Result<IoReport> {
     let (classes, dim, ranks) = (args.io_classes, args.dim, args.from);
     let root = scratch.join("io");
     let shards = ClassShard::balanced_split(classes, ranks)?;
-    let values: Vec<(Vec<f32>, Vec<f32>)> = shards.iter().map(|s| shard_values(*s, dim)).collect();
+    let values: Vec<(RowStore<f32>, RowStore<f32>)> = shards.iter().map(|s| shard_values(*s, dim)).collect();
     let refs: Vec<HeadShardRef<'_>> = shards
         .iter()
         .zip(&values)
