@@ -161,4 +161,20 @@ fn import_idx_then_train_writes_a_run_directory() {
     assert_eq!(exported.source_step, 3);
     assert_eq!(exported.spec.architecture, "iresnet_tiny");
     assert_eq!(exported.spec.embedding_size, 16);
+    // It is written from memory at the end of the run (the head shards are not read back), and
+    // is byte for byte what exporting the final checkpoint writes.
+    plsc_ckpt::export(&ckpt, &d.join("from-ckpt")).unwrap();
+    for file in ["model.json", "backbone.safetensors"] {
+        assert!(
+            std::fs::read(run.join("model").join(file)).unwrap()
+                == std::fs::read(d.join("from-ckpt").join(file)).unwrap(),
+            "{file} of the run's export differs from the checkpoint's export"
+        );
+    }
+    // The run's memory: peak (whole run) and steady (training median) RssAnon, on Linux.
+    if cfg!(target_os = "linux") {
+        let peak = summary["peak_rss_anon_bytes"].as_u64().unwrap();
+        let steady = summary["steady_rss_anon_bytes"].as_u64().unwrap();
+        assert!(0 < steady && steady <= peak, "steady {steady}, peak {peak}");
+    }
 }

@@ -1,5 +1,5 @@
 //! safetensors files, written as a stream (header first, then the tensors' bytes in order,
-//! hashed on the way) and read through a memory map.
+//! hashed on the way), hashed in streamed pieces, and read through a memory map.
 //!
 //! Writing through [`StWriter`] never needs a tensor's bytes in one piece: the resharder feeds
 //! row ranges straight from the mapped source files. The header is built with the safetensors
@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -23,6 +23,9 @@ const N_LEN: usize = 8;
 
 /// Buffer of the streaming writer.
 const WRITE_BUFFER: usize = 8 << 20;
+
+/// Piece of a file hashed at a time by [`digest_file`].
+const DIGEST_CHUNK: usize = 4 << 20;
 
 /// Size and sha256 (lowercase hex) of a written or verified file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,21 +160,26 @@ impl StWriter {
     }
 }
 
-/// Size and sha256 of a file, read through a memory map.
+/// Size and sha256 of a file, read in [`DIGEST_CHUNK`] pieces through one buffer: hashing a
+/// head shard of many GiB needs that buffer only, neither the file in memory nor a mapping of
+/// it (whose pages would count towards the process's resident set).
 pub(crate) fn digest_file(path: &Path) -> Result<FileDigest> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut file = File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
-    if len > 0 {
-        // SAFETY: the file is only read; plsc-ckpt never writes a file after it is finished,
-        // and a concurrent writer would at worst make the checksum fail.
-        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
-        for chunk in map.chunks(16 << 20) {
-            hasher.update(chunk);
-        }
+    let mut buf = vec![0u8; DIGEST_CHUNK];
+    let mut bytes = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
     }
     Ok(FileDigest {
-        bytes: len,
+        bytes,
         sha256: hex(&hasher.finalize()),
     })
 }
@@ -188,7 +196,9 @@ impl MappedSt {
     /// Maps `path` and parses its header.
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(io_err(path))?;
-        // SAFETY: read-only mapping of a finished checkpoint file (see `digest_file`).
+        // SAFETY: read-only mapping of a finished checkpoint file: plsc-ckpt never writes a
+        // file after it is finished, and a concurrent writer would at worst make the header
+        // or a checksum check fail.
         let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
         let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| CkptError::Safetensors {
             path: path.to_path_buf(),

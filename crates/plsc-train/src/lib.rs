@@ -28,6 +28,7 @@
 //!   ([`TrainModel`]); [`job`]: a whole run on the CPU with a run directory.
 //! - [`records`]: the run records ([`LogRecord`], [`EvalRecord`]) of `metrics.jsonl` and
 //!   `summary.json`, read back by `xtask plot`.
+//! - [`memory`]: peak and steady `RssAnon` of a run (`summary.json`).
 //! - [`sync`]: data-parallel gradient sum; [`scaler`]: dynamic loss scaling;
 //!   [`schedule`]: warmup + piecewise or polynomial decay.
 
@@ -36,6 +37,7 @@ pub mod entry;
 mod error;
 pub mod head;
 pub mod job;
+pub mod memory;
 pub mod model;
 pub mod records;
 pub mod resume;
