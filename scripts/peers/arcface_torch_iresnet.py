@@ -55,14 +55,14 @@ class IBasicBlock(nn.Module):
 class IResNet(nn.Module):
     """arcface_torch's IResNet. `arcface_init` applies arcface_torch's initialisation (conv
     weights N(0, 0.1^2), BatchNorm 1/0); `fp16` runs the trunk under autocast and the linear
-    layer in f32, as arcface_torch does."""
+    layer in f32, as arcface_torch does; `in_channels` 1 for grey input (arcface_torch: 3)."""
 
     def __init__(self, layers, widths=(64, 128, 256, 512), stem=64, input_size=112,
-                 num_features=512, dropout=0.0, fp16=False, arcface_init=False):
+                 num_features=512, dropout=0.0, fp16=False, arcface_init=False, in_channels=3):
         super().__init__()
         self.fp16 = fp16
         self.inplanes = stem
-        self.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, stem, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem, eps=1e-05)
         self.prelu = nn.PReLU(stem)
         self.layer1 = self._make_layer(widths[0], layers[0], stride=2)

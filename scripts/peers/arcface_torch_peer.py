@@ -1,18 +1,31 @@
 #!/usr/bin/env python3
-"""The PyTorch peer of `cargo xtask bench train`: what a user of InsightFace's arcface_torch
-would run. An IResNet (arcface_torch's `backbones/iresnet.py`, same layers and names) and
-PartialFC_V2 (arcface_torch's `partial_fc_v2.py`: class sampling by `torch.rand` + top-k with
-the positives forced in, normalised weight, CombinedMarginLoss ArcFace s=64 m=0.5, SGD with
-momentum 0.9 and weight decay 5e-4 on backbone and head), AMP (autocast + GradScaler) when
-asked, on synthetic images and labels, one process (world size 1, as `bench train --device
-cuda` runs).
+"""The PyTorch peer of `cargo xtask bench train` and `cargo xtask bench head`: what a user of
+InsightFace's arcface_torch would run. An IResNet (arcface_torch's `backbones/iresnet.py`, same
+layers and names) and PartialFC_V2 (arcface_torch's `partial_fc_v2.py`: class sampling by
+`torch.rand` + top-k with the positives forced in, normalised weight, CombinedMarginLoss ArcFace
+m=0.5, SGD with momentum 0.9 and weight decay 5e-4 on backbone and head), AMP (autocast +
+GradScaler) when asked, on synthetic images and labels, one process (world size 1).
 
-It prints one JSON object with images/s (median over the timed steps, after warm-up) and the
-peak memory of this process as the CUDA driver reports it (nvidia-smi, polled on a thread,
-the same probe `bench train` uses), plus PyTorch's own allocator peak for reference.
+Two modes, each printing one JSON object (medians over the timed steps, after warm-up):
+
+  --mode train (default): whole training steps (backbone forward and backward, head, gradient
+      clipping at norm 5, SGD) of `--model` at `--batch` images per step: images/s. On a GPU
+      also the peak memory of this process as the CUDA driver reports it (nvidia-smi, polled on
+      a thread, the same probe `bench train` uses) and PyTorch's own allocator peak.
+  --mode head: the head alone, as `cargo xtask bench head` times it: a fresh random batch of
+      `--batch` embeddings of size `--embedding-size` and labels each step, forward (normalise,
+      sample, logits, margin, cross-entropy), backward to the embeddings and the weight, SGD
+      step of the weight: step seconds.
 
     python3 scripts/peers/arcface_torch_peer.py --model iresnet50 --batch 128 --classes 100000 \
         --sample-ratio 1.0 [--amp] [--steps 20] [--device cuda]
+    python3 scripts/peers/arcface_torch_peer.py --device cpu --threads 2 --model iresnet_tiny \
+        --channels 1 --input-size 28 --embedding-size 128 --classes 8 --scale 32 --batch 128
+    python3 scripts/peers/arcface_torch_peer.py --mode head --device cpu --threads 2 \
+        --classes 100000 --batch 128 --embedding-size 512
+
+`cargo xtask bench train --peer-python PYTHON` and `cargo xtask bench head --peer-python
+PYTHON` run it interleaved with their own steps and print the ratio.
 
 Needs PyTorch (`pip install torch`); the project does not install it. Not run by CI.
 """
@@ -23,20 +36,47 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import threading
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+# The allocator of a tuned PyTorch CPU install: jemalloc, keeping freed pages (no decay), so the
+# step's large buffers (the head's C x D gradient) are not mapped and faulted in anew each step,
+# as glibc's malloc does for anything over 32 MiB. Used when Debian's libjemalloc2 is installed
+# (`apt-get install libjemalloc2`) unless PLSC_PEER_ALLOCATOR=system; the report says which.
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
-from arcface_torch_iresnet import LAYERS, IResNet
+
+def allocator():
+    """Re-executes this script under jemalloc when it is installed and not yet loaded; returns
+    the allocator in use."""
+    if os.environ.get("PLSC_PEER_ALLOCATOR") == "system" or not os.path.exists(JEMALLOC):
+        return "system (glibc malloc)"
+    if JEMALLOC not in os.environ.get("LD_PRELOAD", ""):
+        env = dict(os.environ, LD_PRELOAD=JEMALLOC, MALLOC_CONF=JEMALLOC_CONF)
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    return f"jemalloc ({os.environ.get('MALLOC_CONF', '')})"
+
+
+ALLOCATOR = allocator() if __name__ == "__main__" else None
+
+import torch  # noqa: E402  (after the re-exec above)
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from arcface_torch_iresnet import LAYERS, IResNet  # noqa: E402
+
+# Registry names of plsc-rs (crates/plsc-models/src/registry.rs) -> (blocks per stage, stage
+# widths, stem width): arcface_torch's depths at its widths, and plsc-rs's `iresnet_tiny`.
+MODELS = {name: (layers, (64, 128, 256, 512), 64) for name, layers in LAYERS.items()}
+MODELS["iresnet_tiny"] = ((1, 1, 1, 1), (16, 32, 64, 128), 16)
 
 # ---- arcface_torch losses.py (CombinedMarginLoss, ArcFace branch) and partial_fc_v2.py ----
 
 
 class ArcFace(nn.Module):
-    def __init__(self, s=64.0, m2=0.5):
+    def __init__(self, s=64.0, m2=0.5):  # arcface_torch's defaults
         super().__init__()
         self.s, self.m2 = s, m2
 
@@ -135,39 +175,99 @@ class PeakProbe:
         return self.peak
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="iresnet50", choices=sorted(LAYERS))
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--mode", default="train", choices=["train", "head"])
+    ap.add_argument("--model", default="iresnet50", choices=sorted(MODELS))
+    ap.add_argument("--batch", type=int, default=128, help="images (embeddings) per step")
     ap.add_argument("--classes", type=int, default=100_000)
     ap.add_argument("--embedding-size", type=int, default=512)
     ap.add_argument("--input-size", type=int, default=112)
+    ap.add_argument("--channels", type=int, default=3, help="input channels (1: grey)")
     ap.add_argument("--sample-ratio", type=float, default=1.0)
+    ap.add_argument("--scale", type=float, default=64.0, help="ArcFace scale s")
+    ap.add_argument("--margin", type=float, default=0.5, help="ArcFace margin m")
     ap.add_argument("--amp", action="store_true", help="autocast (f16) + GradScaler, as arcface_torch's fp16")
     ap.add_argument("--steps", type=int, default=20, help="timed steps (after --warmup)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+
+def common_report(args, times):
+    step_s = statistics.median(times)
+    return {
+        "batch": args.batch,
+        "classes": args.classes,
+        "embedding_size": args.embedding_size,
+        "sample_ratio": args.sample_ratio,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "timed_steps": len(times),
+        "step_seconds_median": step_s,
+        "step_seconds_all": times,
+        "torch": torch.__version__,
+        "allocator": ALLOCATOR,
+        "host": platform.node(),
+    }
+
+
+def run_head(args, device):
+    """The head's step alone, as `cargo xtask bench head` times it."""
+    head = PartialFCV2(ArcFace(args.scale, args.margin), args.embedding_size, args.classes,
+                       args.sample_ratio, fp16=args.amp).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    batches = [
+        (torch.randn(args.batch, args.embedding_size, generator=gen),
+         torch.randint(0, args.classes, (args.batch,), generator=gen))
+        for _ in range(min(args.warmup + args.steps, 8))
+    ]
+    times = []
+    for step in range(args.warmup + args.steps):
+        x, y = batches[step % len(batches)]
+        x = x.to(device).requires_grad_(True)
+        y = y.to(device)
+        sync(device)
+        t = time.perf_counter()
+        loss = head(x, y.clone())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t)
+    report = {"bench": "head-peer-arcface_torch", "mode": "head"}
+    report.update(common_report(args, times))
+    report["last_loss"] = loss.item()
+    return report
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_train(args, device):
+    """Whole training steps of backbone and head."""
     gpu = device.type == "cuda"
-    torch.manual_seed(0)
     probe = PeakProbe() if gpu else None
-    backbone = IResNet(LAYERS[args.model], num_features=args.embedding_size, fp16=args.amp,
-                       input_size=args.input_size, arcface_init=True).to(device)
-    head = PartialFCV2(ArcFace(), args.embedding_size, args.classes, args.sample_ratio,
-                       fp16=args.amp).to(device)
+    layers, widths, stem = MODELS[args.model]
+    backbone = IResNet(layers, widths, stem, input_size=args.input_size,
+                       num_features=args.embedding_size, fp16=args.amp, arcface_init=True,
+                       in_channels=args.channels).to(device)
+    head = PartialFCV2(ArcFace(args.scale, args.margin), args.embedding_size, args.classes,
+                       args.sample_ratio, fp16=args.amp).to(device)
     opt = torch.optim.SGD(
         [{"params": backbone.parameters()}, {"params": head.parameters()}],
         lr=0.1, momentum=0.9, weight_decay=5e-4,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp)
     gen = torch.Generator(device="cpu").manual_seed(1)
+    side = args.input_size
     batches = [
-        (torch.rand(args.batch, 3, args.input_size, args.input_size, generator=gen) * 2 - 1,
+        (torch.rand(args.batch, args.channels, side, side, generator=gen) * 2 - 1,
          torch.randint(0, args.classes, (args.batch,), generator=gen))
         for _ in range(2)
     ]
@@ -176,8 +276,7 @@ def main():
         x, y = batches[step % 2]
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        if gpu:
-            torch.cuda.synchronize()
+        sync(device)
         t = time.perf_counter()
         loss = head(backbone(x), y.clone())
         opt.zero_grad(set_to_none=True)
@@ -186,31 +285,27 @@ def main():
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)
         scaler.step(opt)
         scaler.update()
-        if gpu:
-            torch.cuda.synchronize()
+        sync(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
-    report = {
-        "bench": "train-peer-arcface_torch",
-        "model": args.model,
-        "batch": args.batch,
-        "classes": args.classes,
-        "embedding_size": args.embedding_size,
-        "input": [3, args.input_size, args.input_size],
-        "sample_ratio": args.sample_ratio,
-        "amp": args.amp,
-        "device": args.device,
-        "timed_steps": len(times),
-        "step_seconds_median": step_s,
-        "images_per_second": args.batch / step_s,
-        "gpu_peak_memory_mib": probe.finish() if probe else None,
-        "torch_max_memory_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if gpu else None,
-        "last_loss": loss.item(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if gpu else None,
-        "host": platform.node(),
-    }
+    report = {"bench": "train-peer-arcface_torch", "mode": "train", "model": args.model,
+              "input": [args.channels, side, side], "amp": args.amp}
+    report.update(common_report(args, times))
+    report["images_per_second"] = args.batch / report["step_seconds_median"]
+    report["gpu_peak_memory_mib"] = probe.finish() if probe else None
+    report["torch_max_memory_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20 if gpu else None
+    report["last_loss"] = loss.item()
+    report["gpu"] = torch.cuda.get_device_name(0) if gpu else None
+    return report
+
+
+def main():
+    args = parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    report = run_head(args, device) if args.mode == "head" else run_train(args, device)
     print(json.dumps(report, indent=2))
 
 

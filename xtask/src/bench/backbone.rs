@@ -1,7 +1,8 @@
 //! `cargo xtask bench backbone`: images per second of a registered backbone on burn-flex,
 //! forward alone in eval mode (`Flex`) and forward + backward in training mode
 //! (`Autodiff<Flex>`, the gradient injected at the embedding as the head would). Median of
-//! `--iters` timed runs after one warm-up run, for each model in `--model`.
+//! `--iters` timed runs after one warm-up run, for each model in `--model`. `--profile` adds,
+//! for IResNets, the step's time per operation kind ([`super::backbone_profile`]).
 
 use super::stats::median;
 use crate::machine::machine_info;
@@ -29,6 +30,13 @@ pub struct BackboneArgs {
     /// Timed runs per measurement (after one warm-up run); the median is reported.
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Input channels (default: the model's, 3; the shipped job's iresnet_tiny takes 1).
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Also time every layer alone and report the forward + backward time per operation kind
+    /// (IResNets only).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Serialize)]
@@ -43,6 +51,8 @@ struct ModelReport {
     forward_backward_seconds_median: f64,
     forward_backward_seconds_all: Vec<f64>,
     forward_backward_images_per_second: f64,
+    /// Time per operation kind (`--profile`).
+    profile: Option<super::backbone_profile::Profile>,
 }
 
 #[derive(Serialize)]
@@ -68,7 +78,10 @@ fn time(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Resu
 
 fn bench_model(name: &str, args: &BackboneArgs) -> anyhow::Result<ModelReport> {
     let dev = Default::default();
-    let config = BackboneConfig::new(name.to_string()).with_input_size(args.input_size);
+    let mut config = BackboneConfig::new(name.to_string()).with_input_size(args.input_size);
+    if let Some(channels) = args.channels {
+        config = config.with_in_channels(channels);
+    }
     let shape = [
         args.batch,
         config.in_channels,
@@ -102,6 +115,16 @@ fn bench_model(name: &str, args: &BackboneArgs) -> anyhow::Result<ModelReport> {
         Ok(())
     })?;
 
+    let profile = match (&train.net, args.profile) {
+        (plsc_models::Network::IResNet(net), true) => Some(super::backbone_profile::profile(
+            net,
+            args.batch,
+            config.in_channels,
+            args.input_size,
+            args.iters,
+        )),
+        _ => None,
+    };
     let f = median(&forward);
     let fb = median(&forward_backward);
     Ok(ModelReport {
@@ -115,6 +138,7 @@ fn bench_model(name: &str, args: &BackboneArgs) -> anyhow::Result<ModelReport> {
         forward_backward_seconds_median: fb,
         forward_backward_seconds_all: forward_backward,
         forward_backward_images_per_second: args.batch as f64 / fb,
+        profile,
     })
 }
 

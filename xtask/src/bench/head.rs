@@ -40,6 +40,11 @@ pub struct HeadArgs {
     /// `--features cuda` (the memory budget of a case is not used there).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     backend: String,
+    /// A Python with PyTorch (`pip install torch`): after each case, the PyTorch peer's head
+    /// step (scripts/peers/arcface_torch_peer.py --mode head) on the same B, D, C and ratio and
+    /// this process's threads; `peer` in the report gives its step time and our speed-up.
+    #[arg(long)]
+    peer_python: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -277,9 +282,36 @@ pub fn run(args: HeadArgs) -> anyhow::Result<()> {
     if args.backend == "cuda" {
         return cuda::run(&args);
     }
-    let mut cases = Vec::new();
+    let peer = args
+        .peer_python
+        .as_deref()
+        .map(super::peer::Peer::new)
+        .transpose()?;
+    let (mut cases, mut peer_cases) = (Vec::new(), Vec::new());
     for spec in &args.cases {
-        cases.push(run_case(&args, spec)?);
+        let case = run_case(&args, spec)?;
+        if let Some(peer) = &peer {
+            let peer_args = super::peer::head_args(
+                args.batch,
+                args.dim,
+                case.classes,
+                case.sample_ratio,
+                args.iters,
+                rayon::current_num_threads(),
+            );
+            let run = peer.run(&peer_args)?;
+            peer_cases.push(serde_json::json!({
+                "classes": case.classes,
+                "sample_ratio": case.sample_ratio,
+                "peer_step_seconds_median": run.step_seconds_median,
+                "peer_step_seconds_all": run.step_seconds_all,
+                "step_seconds_median": case.step_seconds_median,
+                "speedup_over_peer": run.step_seconds_median / case.step_seconds_median,
+                "peer_torch": run.torch,
+                "peer_command": peer.command_line(&peer_args),
+            }));
+        }
+        cases.push(case);
     }
     let report = serde_json::json!({
         "bench": "head",
@@ -290,6 +322,7 @@ pub fn run(args: HeadArgs) -> anyhow::Result<()> {
         "threads": rayon::current_num_threads(),
         "cpu_gemm": plsc_core::cpu::gemm::backend_name(),
         "cases": cases,
+        "peer": peer.map(|_| peer_cases),
         "machine": machine_info(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

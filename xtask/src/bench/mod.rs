@@ -4,6 +4,7 @@
 use clap::Subcommand;
 
 mod backbone;
+mod backbone_profile;
 mod ckpt;
 mod comm;
 mod data;
@@ -11,6 +12,7 @@ mod eval;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 mod gpu_memory;
 mod head;
+mod peer;
 mod serve;
 mod stats;
 mod train;
