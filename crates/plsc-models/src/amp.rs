@@ -39,7 +39,7 @@ impl Autocast {
 /// `conv.forward(x)`, with the product in `cast`'s precision (see the module doc).
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, cast: Autocast) -> Tensor<B, 4> {
     let Some(half) = cast.dtype() else {
-        return conv.forward(x);
+        return crate::flex_conv::conv2d(conv, x);
     };
     let (top, left, bottom, right) = match conv.padding {
         PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r),

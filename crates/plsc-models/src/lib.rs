@@ -14,6 +14,7 @@
 //! - [`onnx`]: the inference graph as an ONNX model (opset 17).
 //! - [`grad`]: backward from the embedding with the head's gradient.
 //! - [`optim`]: SGD-momentum with PyTorch semantics; [`clip`]: global-norm clipping.
+//! - [`flex_conv`]: the convolutions' faster weight gradient on `Autodiff<Flex>` (CPU training).
 //! - Replicas: `clone()` shares BatchNorm running statistics (burn's `RunningState` is an
 //!   `Arc`); [`Backbone::fresh_replica`] does not.
 
@@ -21,6 +22,7 @@ pub mod amp;
 pub mod clip;
 pub mod device;
 pub mod error;
+pub mod flex_conv;
 pub mod grad;
 pub mod iresnet;
 mod layers;
