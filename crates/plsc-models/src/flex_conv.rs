@@ -202,6 +202,20 @@ impl Geometry {
         }
     }
 
+    /// The output columns `lo..hi` whose input column `ox * stride + kx - padding` lies inside
+    /// the image (the others read padding, zero).
+    fn valid_columns(&self, kx: usize) -> (usize, usize) {
+        let (s, p) = (self.stride[1], self.padding[1]);
+        let lo = p.saturating_sub(kx).div_ceil(s).min(self.ow);
+        // Largest ox with ox * s + kx - p <= w - 1.
+        let hi = if self.w + p > kx {
+            ((self.w - 1 + p - kx) / s + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+
     /// Images per chunk: the im2col of a chunk holds at most [`CHUNK_ELEMENTS`] values (at
     /// least one image). Shapes only: the same for every thread count.
     fn images_per_chunk(&self) -> usize {
@@ -260,10 +274,16 @@ fn chunk_weight_grad(g: &Geometry, x: &[f32], dy: &[f32], start: usize, end: usi
                             continue; // stays 0
                         }
                         let line = &src[iy as usize * g.w..][..g.w];
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            let ix = (ox * g.stride[1] + kx) as isize - g.padding[1] as isize;
-                            if ix >= 0 && ix < g.w as isize {
-                                *o = line[ix as usize];
+                        let (lo, hi) = g.valid_columns(kx);
+                        if hi == lo {
+                            continue;
+                        }
+                        if g.stride[1] == 1 {
+                            let first = lo + kx - g.padding[1];
+                            out[lo..hi].copy_from_slice(&line[first..first + (hi - lo)]);
+                        } else {
+                            for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                                *o = line[ox * g.stride[1] + kx - g.padding[1]];
                             }
                         }
                     }

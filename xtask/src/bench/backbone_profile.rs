@@ -1,5 +1,6 @@
 //! `bench backbone --profile`: where an IResNet's training step spends its time, per operation
-//! kind, on `Autodiff<Flex>`.
+//! kind, on `Autodiff<Flex>` (the convolutions as the network runs them:
+//! `plsc_models::flex_conv::conv2d`).
 //!
 //! burn-flex runs each operation when it is called (eager), so each layer of the network can be
 //! timed alone: its input (the output of the layers before it, on this batch) enters as a fresh
@@ -15,6 +16,7 @@ use super::stats::median;
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Tensor};
+use plsc_models::flex_conv::conv2d;
 use plsc_models::iresnet::IResNet;
 use plsc_models::ops::prelu;
 use serde::Serialize;
@@ -145,7 +147,7 @@ pub fn profile(
         let [k, _] = c.kernel_size;
         format!("conv{k}x{k} stride {}", c.stride[0])
     };
-    let mut x = t.op(&conv_kind(&net.conv1), &x0, |x| net.conv1.forward(x));
+    let mut x = t.op(&conv_kind(&net.conv1), &x0, |x| conv2d(&net.conv1, x));
     x = t.op("batchnorm2d", &x, |x| net.bn1.forward(x));
     x = t.op("prelu", &x, |x| prelu(x, net.prelu.alpha.val()));
     for block in net
@@ -157,14 +159,14 @@ pub fn profile(
     {
         let input = x.clone();
         let mut y = t.op("batchnorm2d", &input, |x| block.bn1.forward(x));
-        y = t.op(&conv_kind(&block.conv1), &y, |x| block.conv1.forward(x));
+        y = t.op(&conv_kind(&block.conv1), &y, |x| conv2d(&block.conv1, x));
         y = t.op("batchnorm2d", &y, |x| block.bn2.forward(x));
         y = t.op("prelu", &y, |x| prelu(x, block.prelu.alpha.val()));
-        y = t.op(&conv_kind(&block.conv2), &y, |x| block.conv2.forward(x));
+        y = t.op(&conv_kind(&block.conv2), &y, |x| conv2d(&block.conv2, x));
         y = t.op("batchnorm2d", &y, |x| block.bn3.forward(x));
         let identity = match &block.downsample {
             Some(d) => {
-                let s = t.op(&conv_kind(&d.conv), &input, |x| d.conv.forward(x));
+                let s = t.op(&conv_kind(&d.conv), &input, |x| conv2d(&d.conv, x));
                 t.op("batchnorm2d", &s, |x| d.bn.forward(x))
             }
             None => input,
