@@ -6,19 +6,18 @@
 //! with pairs on consecutive rows; `issame` is a JSON array of `P` booleans.
 //!
 //! From a model and `.bin` pair sets: `--model DIR --bin lfw.bin,cfp_fp.bin`, where `DIR` is an
-//! exported model (`cargo xtask export`: `model.json` + weights). Each set is decoded to the model's input,
-//! every image and its mirror image are embedded on the CPU backend (evaluation mode: running
-//! BatchNorm statistics), and the figures are computed as above (the flip test).
+//! exported model (`cargo xtask export`: `model.json` + weights), loaded as the server loads it.
+//! Each set is decoded to the model's input by plsc-data's pipeline (as in training and
+//! serving), every image and its mirror image are embedded on the CPU backend (evaluation mode:
+//! running BatchNorm statistics), and the figures are computed as above (the flip test).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
-use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorData};
+use anyhow::{Context, Result};
 use clap::Args;
-use plsc_eval::{EmbedderError, EvalOptions, ImageSpec, Normalize, Verification, VerifyConfig};
-use plsc_models::{Backbone, BackboneConfig};
-use safetensors::{Dtype, tensor::TensorView};
+use plsc_data::decode::ImageSpec;
+use plsc_eval::{EmbedderError, EvalOptions, Verification, VerifyConfig};
+use plsc_serve::ServeModel;
 use serde::Serialize;
 
 /// Arguments of `cargo xtask eval`.
@@ -114,9 +113,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--model DIR --bin ...`: the flip test of an exported model on each pair set.
+/// `--model DIR --bin ...`: the flip test of an exported model on each pair set. The model is
+/// loaded as the server loads it (`plsc_serve::ServeModel`: plsc-ckpt's
+/// `load_exported_backbone` and `ModelSpec::image_spec`), the images are decoded by plsc-data's
+/// pipeline with the model's input spec, and the batches run through the server's forward pass.
 fn run_model(dir: &Path, args: &EvalArgs, verify: VerifyConfig) -> Result<()> {
-    let (model, spec, normalize, recorded) = load_model(dir)?;
+    let model = ServeModel::load(dir)
+        .with_context(|| format!("loading the exported model {}", dir.display()))?;
+    let recorded = model.image_spec().resize;
     let resize = args.resize.unwrap_or(recorded);
     if resize != recorded {
         tracing::warn!(
@@ -125,21 +129,19 @@ fn run_model(dir: &Path, args: &EvalArgs, verify: VerifyConfig) -> Result<()> {
         );
     }
     tracing::info!(model = %dir.display(), %resize, "images of another size are brought to the input by {resize}");
+    let spec = ImageSpec {
+        resize,
+        ..model.image_spec().clone()
+    };
     let options = EvalOptions {
         batch_size: args.batch_size,
-        normalize,
         verify,
     };
-    let device = Default::default();
     let mut embed = |images: &[f32], shape: [usize; 4]| -> Result<Vec<f32>, EmbedderError> {
-        let x = Tensor::<Flex, 4>::from_data(TensorData::new(images.to_vec(), shape), &device);
-        let y = model.try_forward(x)?;
-        y.into_data()
-            .into_vec::<f32>()
-            .map_err(|e| format!("reading the embeddings: {e:?}").into())
+        Ok(model.embed(images.to_vec(), shape[0])?)
     };
     let paths: Vec<&Path> = args.bin.iter().map(PathBuf::as_path).collect();
-    let reports = plsc_eval::verify_bin_files(&paths, spec, resize, &mut embed, &options)
+    let reports = plsc_eval::verify_bin_files(&paths, &spec, &mut embed, &options)
         .with_context(|| format!("verifying {} on the pair sets", dir.display()))?;
     if args.json {
         let sets: Vec<SetReport> = reports
@@ -153,66 +155,6 @@ fn run_model(dir: &Path, args: &EvalArgs, verify: VerifyConfig) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Loads an exported model onto the CPU backend, with its input size, pixel normalisation and
-/// the resize policy its model.json records.
-fn load_model(dir: &Path) -> Result<(Backbone<Flex>, ImageSpec, Normalize, plsc_eval::Resize)> {
-    let exported = plsc_ckpt::load_exported(dir)
-        .with_context(|| format!("loading the exported model {}", dir.display()))?;
-    let spec = &exported.spec;
-    let (mean, std) = (spec.mean[0], spec.std[0]);
-    ensure!(
-        spec.mean.iter().all(|&m| m == mean) && spec.std.iter().all(|&s| s == std),
-        "{}: per-channel normalisation ({:?}, {:?}) is not supported; pair sets use one mean and \
-         one divisor for all channels",
-        dir.display(),
-        spec.mean,
-        spec.std
-    );
-    let config = BackboneConfig::new(spec.architecture.clone())
-        .with_embedding_size(spec.embedding_size)
-        .with_in_channels(spec.in_channels)
-        .with_input_size(spec.input_size);
-    let device = Default::default();
-    let model: Backbone<Flex> = config.init(&device)?;
-    let mut bytes = Vec::with_capacity(exported.tensors.len());
-    for t in &exported.tensors {
-        bytes.push(
-            t.values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        );
-    }
-    let views = exported
-        .tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| {
-            Ok((
-                t.name.clone(),
-                TensorView::new(Dtype::F32, t.shape.clone(), b)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let st = safetensors::serialize(views, None)?;
-    let model = model.load_safetensors_bytes(&st, &dir.display().to_string())?;
-    tracing::info!(model = %dir.display(), architecture = %spec.architecture, "loaded model");
-    let image = ImageSpec {
-        height: spec.input_size,
-        width: spec.input_size,
-        channels: spec.in_channels,
-    };
-    Ok((
-        model,
-        image,
-        Normalize {
-            mean,
-            scale: 1.0 / std,
-        },
-        spec.resize,
-    ))
 }
 
 /// The text form: one figure per line, InsightFace's precision.

@@ -117,9 +117,10 @@ fn eval_names_the_bad_file() {
 fn eval_model_on_bin_files() {
     use burn::backend::Flex;
     use burn::tensor::{Tensor, TensorData};
-    use plsc_ckpt::{BackboneRef, CheckpointMeta, HeadShardRef, ModelSpec, TensorKind};
-    use plsc_eval::{EmbedderError, EvalOptions, ImageSpec, PairSet};
-    use plsc_models::{Backbone, BackboneConfig, EntryKind};
+    use plsc_ckpt::{BackboneRef, CheckpointMeta, HeadShardRef, ModelSpec};
+    use plsc_data::decode::ImageSpec;
+    use plsc_eval::{EmbedderError, EvalOptions, PairSet};
+    use plsc_models::{Backbone, BackboneConfig, NamedTensor};
 
     let dir = tempfile::tempdir().unwrap();
     let (dim, size) = (8usize, 28usize);
@@ -130,18 +131,7 @@ fn eval_model_on_bin_files() {
     let model: Backbone<Flex> = config.init_seeded(3, &device).unwrap();
 
     // Checkpoint, then export.
-    let tensors: Vec<plsc_ckpt::NamedTensor> = model
-        .state_tensors()
-        .into_iter()
-        .map(|t| {
-            let kind = match t.entry.kind {
-                EntryKind::Param => TensorKind::Param,
-                EntryKind::FrozenParam => TensorKind::FrozenParam,
-                EntryKind::Buffer => TensorKind::Buffer,
-            };
-            plsc_ckpt::NamedTensor::new(t.entry.name.clone(), t.entry.shape.clone(), kind, t.values)
-        })
-        .collect();
+    let tensors: Vec<NamedTensor> = model.state_tensors();
     let head_config = plsc_core::HeadConfig::new(4, dim);
     let head = plsc_core::ShardedHead::<f32>::new(head_config.clone(), 0, 1).unwrap();
     let mut spec = ModelSpec::face("iresnet_tiny", dim);
@@ -220,12 +210,12 @@ fn eval_model_on_bin_files() {
         ..EvalOptions::default()
     };
     let image = ImageSpec {
-        height: size,
-        width: size,
-        channels: 3,
+        height: size as u32,
+        width: size as u32,
+        ..ImageSpec::default()
     };
     for (path, got) in bins.iter().zip(sets) {
-        let set = PairSet::load(path, image).unwrap();
+        let set = PairSet::load(path, &image).unwrap();
         let want = plsc_eval::verify_pair_set(&set, &mut embed, &options).unwrap();
         assert_eq!(got["set"], set.name.as_str());
         assert_eq!(got["pairs"], 20);

@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use plsc_eval::{EmbedderError, EvalOptions, ImageSpec, PairSet, Resize};
+use plsc_data::decode::ImageSpec;
+use plsc_eval::{EmbedderError, EvalOptions, PairSet, Resize};
 use plsc_models::{Backbone, BackboneConfig};
 
 const SIZE: usize = 28;
@@ -180,9 +181,9 @@ fn make_pairs_is_read_back_by_eval_with_the_split_it_printed() {
         Ok(backbone.forward(t).into_data().into_vec::<f32>().unwrap())
     };
     let spec = ImageSpec {
-        height: SIZE,
-        width: SIZE,
-        channels: 3,
+        height: SIZE as u32,
+        width: SIZE as u32,
+        ..ImageSpec::default()
     };
     let options = EvalOptions {
         verify: plsc_eval::VerifyConfig {
@@ -199,7 +200,11 @@ fn make_pairs_is_read_back_by_eval_with_the_split_it_printed() {
     ] {
         let extra: Vec<&str> = flag.map(|f| vec!["--resize", f]).unwrap_or_default();
         let got = eval(model, &set, &extra)["xnorm"].as_f64().unwrap();
-        let lib = PairSet::load_resized(&set, spec, policy).unwrap();
+        let spec = ImageSpec {
+            resize: policy,
+            ..spec.clone()
+        };
+        let lib = PairSet::load(&set, &spec).unwrap();
         let want = plsc_eval::verify_pair_set(&lib, &mut embed, &options)
             .unwrap()
             .xnorm;

@@ -12,11 +12,9 @@ use std::process::Command;
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use plsc_ckpt::{
-    BackboneRef, CheckpointMeta, ModelSpec, NamedTensor, SaveOptions, TensorKind, TrainingState,
-};
+use plsc_ckpt::{BackboneRef, CheckpointMeta, ModelSpec, SaveOptions, TrainingState};
 use plsc_core::{HeadConfig, ShardedHead};
-use plsc_models::{Backbone, BackboneConfig, EntryKind};
+use plsc_models::{Backbone, BackboneConfig, NamedTensor, TensorKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -34,8 +32,8 @@ fn model(name: &str, embedding_size: usize, input_size: usize, seed: u64) -> Bac
     let mut rng = StdRng::seed_from_u64(seed);
     let mut state = m.state_tensors();
     for t in &mut state {
-        let name = t.entry.name.as_str();
-        let shape = t.entry.shape.clone();
+        let name = t.name.as_str();
+        let shape = t.shape.clone();
         let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
         for v in &mut t.values {
             *v = if shape.len() >= 2 {
@@ -45,7 +43,7 @@ fn model(name: &str, embedding_size: usize, input_size: usize, seed: u64) -> Bac
                 rng.random_range(-0.2..0.2)
             } else if name.ends_with("running_var") {
                 rng.random_range(0.5..2.0)
-            } else if t.entry.kind == EntryKind::FrozenParam {
+            } else if t.kind == TensorKind::FrozenParam {
                 *v
             } else if name.contains("prelu") || name.ends_with("layers.2.weight") {
                 rng.random_range(0.05..0.5)
@@ -64,16 +62,6 @@ fn embed(m: &Backbone<Flex>, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
 
 fn ckpt_tensors(m: &Backbone<Flex>) -> Vec<NamedTensor> {
     m.state_tensors()
-        .into_iter()
-        .map(|t| {
-            let kind = match t.entry.kind {
-                EntryKind::Param => TensorKind::Param,
-                EntryKind::FrozenParam => TensorKind::FrozenParam,
-                EntryKind::Buffer => TensorKind::Buffer,
-            };
-            NamedTensor::new(t.entry.name, t.entry.shape, kind, t.values)
-        })
-        .collect()
 }
 
 /// A one-rank checkpoint of `m` with a small head, under `root`.

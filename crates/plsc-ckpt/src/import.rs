@@ -10,12 +10,11 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use plsc_models::{Backbone, BackboneConfig, EntryKind, ModelError, StateFormat};
+use plsc_models::{Backbone, BackboneConfig, ModelError, NamedTensor, StateFormat};
 
 use crate::error::{CkptError, Result};
 use crate::export::{PreprocessingSource, export_tensors_from};
 use crate::manifest::ModelSpec;
-use crate::tensor::{NamedTensor, TensorKind};
 
 /// What to import.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +76,7 @@ pub fn import(src: &Path, options: &ImportOptions, out: &Path) -> Result<Importe
     let (format, tensors) = plsc_models::pytorch::read_state_file(src)?;
     let layout: Vec<(String, Vec<usize>)> = tensors
         .iter()
-        .map(|t| (t.entry.name.clone(), t.entry.shape.clone()))
+        .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
     let suggestion = plsc_models::suggest_architecture(&layout);
     let embedding_size = options
@@ -94,18 +93,7 @@ pub fn import(src: &Path, options: &ImportOptions, out: &Path) -> Result<Importe
     let model = model
         .load_tensors(&tensors, &label)
         .map_err(|source| mismatch(source, arch, embedding_size, suggestion.as_ref()))?;
-    let state: Vec<NamedTensor> = model
-        .state_tensors()
-        .into_iter()
-        .map(|t| {
-            let kind = match t.entry.kind {
-                EntryKind::Param => TensorKind::Param,
-                EntryKind::FrozenParam => TensorKind::FrozenParam,
-                EntryKind::Buffer => TensorKind::Buffer,
-            };
-            NamedTensor::new(t.entry.name, t.entry.shape, kind, t.values)
-        })
-        .collect();
+    let state: Vec<NamedTensor> = model.state_tensors();
     let spec = ModelSpec {
         architecture: arch.to_string(),
         embedding_size,

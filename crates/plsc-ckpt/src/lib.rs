@@ -22,11 +22,15 @@
 //! Offline: [`reshard()`], [`export()`] / [`load_exported`], [`import()`] (an arcface_torch
 //! `.pth` or safetensors file as an export directory), [`export_onnx`] (ONNX, opset 17).
 //!
-//! The backbone is handled as a list of named f32 tensors ([`NamedTensor`]); plsc-models'
-//! `Backbone::state_tensors()` maps onto it one to one. Saving, loading and resharding never
-//! build a model; only [`import()`] and [`export_onnx`] do (a registry backbone on the CPU
-//! backend checks the names and shapes, or walks the graph).
+//! The backbone is handled as a list of named f32 tensors, plsc-models' one model-state type
+//! ([`plsc_models::NamedTensor`], roles [`plsc_models::TensorKind`]), exactly what
+//! `Backbone::state_tensors()` gives and `Backbone::load_tensors` takes. Saving, loading and
+//! resharding never build a model; [`import()`] and [`export_onnx`] do (a registry backbone on
+//! the CPU backend checks the names and shapes, or walks the graph), and
+//! [`load_exported_backbone`] builds an export's backbone on any backend (the server and
+//! `xtask eval --model` load through it).
 
+mod backbone;
 mod error;
 pub mod export;
 pub mod import;
@@ -40,6 +44,7 @@ mod save;
 mod st;
 mod tensor;
 
+pub use backbone::{backbone_from, load_exported_backbone};
 pub use error::{CkptError, Result};
 pub use export::{
     ChannelOrder, ExportReport, ExportedModel, ModelJson, PreprocessingSource, export,
@@ -61,4 +66,3 @@ pub use save::{
     prune, save, save_rank,
 };
 pub use st::FileDigest;
-pub use tensor::{NamedTensor, TensorKind};

@@ -11,13 +11,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use plsc_models::{Backbone, BackboneConfig, EntryKind};
 
+use crate::backbone::backbone_from;
 use crate::error::{CkptError, Result, io_err};
 use crate::export::{ChannelOrder, MODEL_JSON, PreprocessingSource, load_exported};
 use crate::load::Checkpoint;
 use crate::manifest::ModelSpec;
-use crate::tensor::{NamedTensor, TensorKind};
 
 /// What [`export_onnx`] wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +85,8 @@ pub fn export_onnx(src: &Path, out: &Path) -> Result<OnnxExport> {
             label,
         )
     };
-    let backbone = backbone_from(&spec, &tensors, &label)?;
+    let backbone: plsc_models::Backbone<Flex> =
+        backbone_from(&spec, &tensors, &label, &Default::default())?;
     let metadata = metadata(&spec, source, step);
     let bytes = plsc_models::onnx::to_onnx(&backbone, &metadata)?;
     write_file_atomically(out, &bytes)?;
@@ -128,37 +128,6 @@ pub fn metadata(spec: &ModelSpec, source: PreprocessingSource, step: u64) -> Vec
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
-}
-
-/// The backbone of `spec` on the CPU backend with `tensors` loaded (names and shapes checked;
-/// `label` names their file in errors).
-pub fn backbone_from(
-    spec: &ModelSpec,
-    tensors: &[NamedTensor],
-    label: &str,
-) -> Result<Backbone<Flex>> {
-    let config = BackboneConfig::new(spec.architecture.clone())
-        .with_embedding_size(spec.embedding_size)
-        .with_in_channels(spec.in_channels)
-        .with_input_size(spec.input_size);
-    let model: Backbone<Flex> = config.init(&Default::default())?;
-    let named: Vec<plsc_models::NamedTensor> = tensors
-        .iter()
-        .filter(|t| t.kind != TensorKind::Momentum)
-        .map(|t| plsc_models::NamedTensor {
-            entry: plsc_models::StateEntry {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
-                kind: match t.kind {
-                    TensorKind::Buffer => EntryKind::Buffer,
-                    TensorKind::FrozenParam => EntryKind::FrozenParam,
-                    _ => EntryKind::Param,
-                },
-            },
-            values: t.values.clone(),
-        })
-        .collect();
-    Ok(model.load_tensors(&named, label)?)
 }
 
 /// Writes `bytes` to `path` through a temporary name next to it and a rename; the temporary

@@ -1,59 +1,13 @@
-//! Named f32 tensors (the backbone's state) and the byte view of f32 data.
+//! The byte view of f32 data, and the backbone's state type.
 //!
-//! Checkpoints never build a model: a backbone is "a list of named f32 tensors"
-//! in PyTorch `state_dict` layout (plsc-models' `Backbone::state_tensors()` gives exactly that,
-//! with arcface_torch names), plus the optimiser's momentum under the same names.
+//! Saving, loading and resharding never build a model: a backbone is "a list of named f32
+//! tensors" ([`plsc_models::NamedTensor`], the one model-state type of the workspace) in
+//! PyTorch `state_dict` layout, as `Backbone::state_tensors()` gives it, with arcface_torch
+//! names, plus the optimiser's momentum under the same names
+//! ([`plsc_models::TensorKind::Momentum`]).
 
-use serde::{Deserialize, Serialize};
-
-/// The role of a backbone tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TensorKind {
-    /// A trainable parameter.
-    Param,
-    /// A parameter with a fixed value (PyTorch `requires_grad = False`).
-    FrozenParam,
-    /// A buffer (BatchNorm running statistics).
-    Buffer,
-    /// SGD momentum of the parameter with the same name.
-    Momentum,
-}
-
-/// A named f32 tensor, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NamedTensor {
-    /// The `state_dict` key (for momentum: the key of its parameter).
-    pub name: String,
-    /// The shape (PyTorch's layout).
-    pub shape: Vec<usize>,
-    /// Parameter, frozen parameter, buffer or momentum.
-    pub kind: TensorKind,
-    /// The values, `shape.iter().product()` of them.
-    pub values: Vec<f32>,
-}
-
-impl NamedTensor {
-    /// A tensor of `kind` with `values` of `shape`.
-    pub fn new(
-        name: impl Into<String>,
-        shape: Vec<usize>,
-        kind: TensorKind,
-        values: Vec<f32>,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            shape,
-            kind,
-            values,
-        }
-    }
-
-    /// Number of elements the shape describes.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
+// The one model-state vocabulary is plsc-models': the modules here name it through this one.
+pub(crate) use plsc_models::{NamedTensor, TensorKind};
 
 /// The little-endian bytes of f32 values, without a copy on little-endian machines.
 pub(crate) fn f32_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {

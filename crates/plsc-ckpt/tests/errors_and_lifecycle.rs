@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use plsc_ckpt::{
-    BackboneRef, Checkpoint, CkptError, HeadShardRef, SaveOptions, TensorKind, export,
-    latest_valid, list_checkpoints, load_exported, save,
+    BackboneRef, Checkpoint, CkptError, HeadShardRef, SaveOptions, export, latest_valid,
+    list_checkpoints, load_exported, save,
 };
 use plsc_core::{HeadConfig, RowStore, ShardedHead};
+use plsc_models::TensorKind;
 
 fn save_step(
     root: &Path,

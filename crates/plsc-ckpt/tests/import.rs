@@ -55,7 +55,7 @@ fn model_json_records_arcface_torchs_preprocessing() {
         .iter()
         .find(|t| t.name == "features.weight")
         .unwrap();
-    assert_eq!(frozen.kind, plsc_ckpt::TensorKind::FrozenParam);
+    assert_eq!(frozen.kind, plsc_models::TensorKind::FrozenParam);
     // The same from the safetensors twin, byte for byte.
     let twin = tmp.path().join("twin");
     plsc_ckpt::import(&fixture("backbone.safetensors"), &nano(), &twin).unwrap();

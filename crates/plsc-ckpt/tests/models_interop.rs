@@ -8,19 +8,8 @@ mod common;
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 use common::*;
-use plsc_ckpt::{
-    BackboneRef, Checkpoint, HeadShardRef, ModelSpec, NamedTensor, SaveOptions, TensorKind,
-};
-use plsc_models::{BackboneConfig, EntryKind};
-
-fn to_ckpt(t: plsc_models::NamedTensor) -> NamedTensor {
-    let kind = match t.entry.kind {
-        EntryKind::Param => TensorKind::Param,
-        EntryKind::FrozenParam => TensorKind::FrozenParam,
-        EntryKind::Buffer => TensorKind::Buffer,
-    };
-    NamedTensor::new(t.entry.name, t.entry.shape, kind, t.values)
-}
+use plsc_ckpt::{BackboneRef, Checkpoint, HeadShardRef, ModelSpec, SaveOptions};
+use plsc_models::{BackboneConfig, NamedTensor, TensorKind};
 
 #[test]
 fn iresnet_tiny_round_trips_through_checkpoint_and_export() {
@@ -31,7 +20,7 @@ fn iresnet_tiny_round_trips_through_checkpoint_and_export() {
         .with_in_channels(1);
     let model = cfg.init_seeded::<Flex>(3, &device).unwrap();
     let layout = model.state_layout();
-    let tensors: Vec<NamedTensor> = model.state_tensors().into_iter().map(to_ckpt).collect();
+    let tensors: Vec<NamedTensor> = model.state_tensors();
     let momentum: Vec<NamedTensor> = tensors
         .iter()
         .filter(|t| t.kind == TensorKind::Param)
@@ -83,7 +72,7 @@ fn iresnet_tiny_round_trips_through_checkpoint_and_export() {
         .unwrap()
         .load_safetensors_bytes(&ckpt.backbone_weights_safetensors().unwrap(), "checkpoint")
         .unwrap();
-    let resumed: Vec<NamedTensor> = resumed.state_tensors().into_iter().map(to_ckpt).collect();
+    let resumed: Vec<NamedTensor> = resumed.state_tensors();
     assert_eq!(resumed, tensors);
 
     // Export, then load the weights into a differently seeded model of the same architecture.
@@ -97,7 +86,7 @@ fn iresnet_tiny_round_trips_through_checkpoint_and_export() {
     let loaded = other
         .load_safetensors(&out.join("backbone.safetensors"))
         .unwrap();
-    let reloaded: Vec<NamedTensor> = loaded.state_tensors().into_iter().map(to_ckpt).collect();
+    let reloaded: Vec<NamedTensor> = loaded.state_tensors();
     assert_eq!(reloaded, tensors);
     let want = model.valid_embed(x.clone());
     let got = loaded.valid_embed(x);
@@ -114,6 +103,26 @@ fn iresnet_tiny_round_trips_through_checkpoint_and_export() {
         "same weights, same embeddings: {got:?} vs {want:?}"
     );
     assert!(!close(&before, &want), "the other seed embeds differently");
+
+    // The one loader of exports (the server's and `eval --model`'s): the same state, and the
+    // same embeddings bit for bit as the model loaded from the file above.
+    let (built, with) = plsc_ckpt::load_exported_backbone::<Flex>(&out, &device).unwrap();
+    assert_eq!(with.tensors, tensors);
+    assert_eq!(built.state_tensors(), tensors);
+    let x = Tensor::<Flex, 4>::random([2, 1, 28, 28], Distribution::Default, &device);
+    assert_eq!(built.valid_embed(x.clone()), loaded.valid_embed(x));
+
+    // A model.json that describes another network is a named error (the tensor and both shapes).
+    let json = out.join(plsc_ckpt::export::MODEL_JSON);
+    let text = std::fs::read_to_string(&json).unwrap();
+    let text = text.replace("\"embedding_size\": 16", "\"embedding_size\": 8");
+    std::fs::write(&json, text).unwrap();
+    let err = plsc_ckpt::load_exported_backbone::<Flex>(&out, &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, plsc_ckpt::CkptError::Model(_)) && msg.contains("fc.weight"),
+        "{msg}"
+    );
 }
 
 trait Embed {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EmbedderError, EvalError, Result};
 use crate::metrics::{Verification, VerifyConfig, evaluate, l2_normalize_rows, xnorm};
-use crate::pair_set::{Normalize, PairSet};
+use crate::pair_set::PairSet;
 
 /// Anything that turns a batch of images into embeddings: a model in eval mode.
 pub trait Embedder {
@@ -28,8 +28,6 @@ where
 pub struct EvalOptions {
     /// Images per embedder call.
     pub batch_size: usize,
-    /// Pixel normalisation.
-    pub normalize: Normalize,
     /// Folds and FAR target.
     pub verify: VerifyConfig,
 }
@@ -38,7 +36,6 @@ impl Default for EvalOptions {
     fn default() -> Self {
         Self {
             batch_size: 64,
-            normalize: Normalize::default(),
             verify: VerifyConfig::default(),
         }
     }
@@ -94,8 +91,13 @@ fn embed_all(
     let mut start = 0;
     while start < n {
         let end = (start + options.batch_size).min(n);
-        let batch = set.batch_nchw(start..end, flip, options.normalize);
-        let shape = [end - start, spec.channels, spec.height, spec.width];
+        let batch = set.batch_nchw(start..end, flip);
+        let shape = [
+            end - start,
+            spec.channels,
+            spec.height as usize,
+            spec.width as usize,
+        ];
         let emb = embedder
             .embed(&batch, shape)
             .map_err(|source| EvalError::Embedder { start, end, source })?;

@@ -51,14 +51,14 @@ pub enum EvalError {
         labels: usize,
     },
     /// An image inside a pair set could not be decoded.
-    #[error("{path}: image {index}: {source}")]
+    #[error("{path}: image {index}: {detail}")]
     Image {
         /// The file.
         path: PathBuf,
         /// Index of the image in the file's image list.
         index: usize,
-        /// The decoder's error.
-        source: image::ImageError,
+        /// The decoder's message (plsc-data's `decode_pixels`).
+        detail: String,
     },
     /// A safetensors file could not be parsed.
     #[error("{path}: not a readable safetensors file: {source}")]

@@ -1,9 +1,9 @@
 //! Verification for plsc-rs: InsightFace `.bin` pair sets, 10-fold accuracy with the flip test,
 //! TAR at a fixed FAR and XNorm.
 //!
-//! It takes an embedding function ([`Embedder`]), so it needs no model; from plsc-data it uses
-//! the resize policy ([`Resize`], one image pipeline with training and the server). `train`
-//! calls it.
+//! It takes an embedding function ([`Embedder`]), so it needs no model. Images go through
+//! plsc-data's pipeline (decode, [`Resize`] policy, normalisation; the model input is a
+//! [`plsc_data::decode::ImageSpec`]), the one training and the server use. `train` calls it.
 //!
 //! * [`metrics`]: InsightFace's `calculate_roc` / `calculate_val` (10 contiguous folds, thresholds
 //!   0..4 step 0.01 chosen on nine folds, TAR at FAR = 1e-3), XNorm, ROC data.
@@ -31,7 +31,7 @@ pub use embeddings_file::{
 };
 pub use error::{EmbedderError, EvalError, Result};
 pub use metrics::{Metrics, Roc, Verification, VerifyConfig, evaluate, verify_embeddings};
-pub use pair_set::{ImageSpec, Normalize, PairSet, STANDARD_SETS};
+pub use pair_set::{PairSet, STANDARD_SETS};
 pub use plsc_data::Resize;
 
 use std::path::Path;
@@ -54,19 +54,19 @@ pub fn verify_files(
     )
 }
 
-/// Loads each `.bin` file, its images brought to `spec` by the `resize` policy, and verifies it
-/// with the embedder (flip test); returns the set names with their reports, in the order given.
+/// Loads each `.bin` file, its images decoded to `spec` (brought to its size by `spec.resize`),
+/// and verifies it with the embedder (flip test); returns the set names with their reports, in
+/// the order given.
 pub fn verify_bin_files(
     paths: &[&Path],
-    spec: ImageSpec,
-    resize: Resize,
+    spec: &plsc_data::decode::ImageSpec,
     embedder: &mut dyn Embedder,
     options: &EvalOptions,
 ) -> Result<Vec<(String, Verification)>> {
     paths
         .iter()
         .map(|path| {
-            let set = PairSet::load_resized(path, spec, resize)?;
+            let set = PairSet::load(path, spec)?;
             let report = verify_pair_set(&set, embedder, options)?;
             Ok((set.name.clone(), report))
         })

@@ -6,9 +6,8 @@ use std::path::Path;
 
 use common::{encode, pattern, py2_pickle, py3_pickle};
 use image::{GrayImage, ImageFormat, RgbImage};
-use plsc_eval::{
-    BinPairs, EvalError, ImageSpec, Normalize, PairSet, parse_bin, read_bin, write_bin,
-};
+use plsc_data::decode::ImageSpec;
+use plsc_eval::{BinPairs, EvalError, PairSet, parse_bin, read_bin, write_bin};
 
 fn small_case() -> (Vec<Vec<u8>>, Vec<bool>) {
     (vec![b"ab".to_vec(), vec![b'c'; 300]], vec![true])
@@ -149,16 +148,15 @@ fn bin_files_in_insightface_layouts_load_as_pair_sets() {
         std::fs::write(&p, data).unwrap();
         paths.push(p);
     }
-    let norm = Normalize::default();
     for path in &paths {
         let read = read_bin(path).unwrap();
         assert_eq!(read.images, encoded, "{}", path.display());
         assert_eq!(read.issame, labels);
 
-        let set = PairSet::load(path, ImageSpec::FACE_112).unwrap();
+        let set = PairSet::load(path, &ImageSpec::default()).unwrap();
         assert_eq!(set.pairs(), 3);
         assert_eq!(set.name, path.file_stem().unwrap().to_string_lossy());
-        let batch = set.batch_nchw(0..6, false, norm);
+        let batch = set.batch_nchw(0..6, false);
         assert_eq!(batch.len(), 6 * 3 * 112 * 112);
         let at = |n: usize, c: usize, y: usize, x: usize| batch[((n * 3 + c) * 112 + y) * 112 + x];
         let want = |v: u8| (f32::from(v) - 127.5) / 128.0;
@@ -206,22 +204,22 @@ fn grey_input_and_flipped_batches() {
         images: encoded,
         issame: vec![false],
     };
+    // Identity normalisation: the batch shows the decoded pixel values.
     let spec = ImageSpec {
         height: 2,
         width: 4,
         channels: 1,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        ..ImageSpec::default()
     };
-    let set = PairSet::decode("grey", &pairs, spec, Path::new("grey.bin")).unwrap();
-    let norm = Normalize {
-        mean: 0.0,
-        scale: 1.0,
-    };
+    let set = PairSet::decode("grey", &pairs, &spec, Path::new("grey.bin")).unwrap();
     assert_eq!(
-        set.batch_nchw(0..1, false, norm),
+        set.batch_nchw(0..1, false),
         [0.0, 10.0, 20.0, 30.0, 100.0, 110.0, 120.0, 130.0]
     );
     assert_eq!(
-        set.batch_nchw(1..2, true, norm),
+        set.batch_nchw(1..2, true),
         [30.0, 20.0, 10.0, 0.0, 130.0, 120.0, 110.0, 100.0]
     );
 }
@@ -237,7 +235,7 @@ fn named_sets_load_from_a_folder() {
         &[false, true],
     )
     .unwrap();
-    let sets = PairSet::load_named(dir.path(), &["lfw", "cfp_fp"], ImageSpec::FACE_112).unwrap();
+    let sets = PairSet::load_named(dir.path(), &["lfw", "cfp_fp"], &ImageSpec::default()).unwrap();
     assert_eq!(sets.len(), 2);
     assert_eq!((sets[0].name.as_str(), sets[0].pairs()), ("lfw", 3));
     assert_eq!(
@@ -245,7 +243,7 @@ fn named_sets_load_from_a_folder() {
         ("cfp_fp", vec![false, true])
     );
 
-    let err = PairSet::load_named(dir.path(), &["agedb_30"], ImageSpec::FACE_112).unwrap_err();
+    let err = PairSet::load_named(dir.path(), &["agedb_30"], &ImageSpec::default()).unwrap_err();
     assert!(matches!(err, EvalError::Io { .. }));
     assert!(err.to_string().contains("agedb_30.bin"), "{err}");
 }
@@ -305,7 +303,7 @@ fn corrupt_files_are_named_errors() {
     let mut images = encoded[..2].to_vec();
     images[1] = b"\x89PNG but broken".to_vec();
     write_bin(&path, &images, &[true]).unwrap();
-    let err = PairSet::load(&path, ImageSpec::FACE_112).unwrap_err();
+    let err = PairSet::load(&path, &ImageSpec::default()).unwrap_err();
     assert!(matches!(err, EvalError::Image { index: 1, .. }), "{err}");
     assert!(err.to_string().contains("broken.bin: image 1"), "{err}");
 

@@ -1,13 +1,16 @@
 //! The flip test with toy embedders.
 
-use plsc_eval::{
-    EmbedderError, EvalError, EvalOptions, ImageSpec, PairSet, embed_with_flip, verify_pair_set,
-};
+use plsc_data::Resize;
+use plsc_data::decode::ImageSpec;
+use plsc_eval::{EmbedderError, EvalError, EvalOptions, PairSet, embed_with_flip, verify_pair_set};
 
 const SPEC: ImageSpec = ImageSpec {
     height: 4,
     width: 6,
     channels: 3,
+    mean: [127.5; 3],
+    std: [128.0; 3],
+    resize: Resize::Squash,
 };
 
 /// Embedding = [mean of the left half, mean of the right half, 1] over all channels.

@@ -5,8 +5,9 @@ mod common;
 
 use common::{encode, pattern};
 use image::ImageFormat;
+use plsc_data::decode::ImageSpec;
 use plsc_data::pairs::{gather_images, sample_pairs};
-use plsc_eval::{BinPairs, ImageSpec, Normalize, PairSet, Resize, read_bin, write_bin};
+use plsc_eval::{BinPairs, PairSet, Resize, read_bin, write_bin};
 
 #[test]
 fn built_pairs_write_and_read_as_bin() {
@@ -36,20 +37,23 @@ fn evaluation_applies_the_resize_policy_of_plsc_data() {
         images: vec![img.clone(), img.clone()],
         issame: vec![true],
     };
+    // Identity normalisation: the batch shows the decoded pixel values.
     let spec = ImageSpec {
         height: 4,
         width: 4,
         channels: 3,
-    };
-    let identity = Normalize {
-        mean: 0.0,
-        scale: 1.0,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        ..ImageSpec::default()
     };
     let mut seen = Vec::new();
     for policy in Resize::ALL {
-        let set = PairSet::decode_resized("t", &pairs, spec, policy, std::path::Path::new("t.bin"))
-            .unwrap();
-        let got = set.batch_nchw(0..1, false, identity);
+        let spec = ImageSpec {
+            resize: policy,
+            ..spec.clone()
+        };
+        let set = PairSet::decode("t", &pairs, &spec, std::path::Path::new("t.bin")).unwrap();
+        let got = set.batch_nchw(0..1, false);
         let want = policy
             .apply(image::load_from_memory(&img).unwrap(), 4, 4)
             .to_rgb8();
@@ -64,6 +68,7 @@ fn evaluation_applies_the_resize_policy_of_plsc_data() {
     assert_ne!(seen[0], seen[1]);
     assert_ne!(seen[1], seen[2]);
     assert_ne!(seen[0], seen[2]);
-    let squash = PairSet::decode("t", &pairs, spec, std::path::Path::new("t.bin")).unwrap();
-    assert_eq!(squash.batch_nchw(0..1, false, identity), seen[0]);
+    assert_eq!(spec.resize, Resize::Squash);
+    let squash = PairSet::decode("t", &pairs, &spec, std::path::Path::new("t.bin")).unwrap();
+    assert_eq!(squash.batch_nchw(0..1, false), seen[0]);
 }

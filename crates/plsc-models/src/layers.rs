@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 
 use crate::error::Result;
 use crate::norm::BatchNorm;
-use crate::state::{EntryKind, StateReader, StateWriter, TorchState, join};
+use crate::state::{StateReader, StateWriter, TensorKind, TorchState, join};
 
 /// A bias-free convolution, weights drawn from N(0, `std`^2).
 pub(crate) fn conv<B: Backend>(
@@ -65,9 +65,9 @@ pub(crate) fn linear<B: Backend>(
 
 impl<B: Backend> TorchState<B> for Conv2d<B> {
     fn save_state(&self, prefix: &str, w: &mut StateWriter) {
-        w.param(join(prefix, "weight"), EntryKind::Param, &self.weight);
+        w.param(join(prefix, "weight"), TensorKind::Param, &self.weight);
         if let Some(bias) = &self.bias {
-            w.param(join(prefix, "bias"), EntryKind::Param, bias);
+            w.param(join(prefix, "bias"), TensorKind::Param, bias);
         }
     }
 
@@ -82,7 +82,7 @@ impl<B: Backend> TorchState<B> for Conv2d<B> {
 
 impl<B: Backend> TorchState<B> for PRelu<B> {
     fn save_state(&self, prefix: &str, w: &mut StateWriter) {
-        w.param(join(prefix, "weight"), EntryKind::Param, &self.alpha);
+        w.param(join(prefix, "weight"), TensorKind::Param, &self.alpha);
     }
 
     fn load_state(mut self, prefix: &str, r: &mut StateReader<'_>) -> Result<Self> {
@@ -95,7 +95,7 @@ impl<B: Backend> TorchState<B> for Linear<B> {
     fn save_state(&self, prefix: &str, w: &mut StateWriter) {
         w.linear_weight(join(prefix, "weight"), &self.weight);
         if let Some(bias) = &self.bias {
-            w.param(join(prefix, "bias"), EntryKind::Param, bias);
+            w.param(join(prefix, "bias"), TensorKind::Param, bias);
         }
     }
 
@@ -111,12 +111,12 @@ impl<B: Backend> TorchState<B> for Linear<B> {
 impl<B: Backend> TorchState<B> for BatchNorm<B> {
     fn save_state(&self, prefix: &str, w: &mut StateWriter) {
         let kind = if self.fixed_scale {
-            EntryKind::FrozenParam
+            TensorKind::FrozenParam
         } else {
-            EntryKind::Param
+            TensorKind::Param
         };
         w.param(join(prefix, "weight"), kind, &self.weight);
-        w.param(join(prefix, "bias"), EntryKind::Param, &self.bias);
+        w.param(join(prefix, "bias"), TensorKind::Param, &self.bias);
         w.buffer(join(prefix, "running_mean"), &self.running_mean);
         w.buffer(join(prefix, "running_var"), &self.running_var);
     }

@@ -41,4 +41,4 @@ pub use registry::{
     ARCFACE_TORCH_ALIASES, Architecture, Backbone, BackboneConfig, MODEL_NAMES, Network,
     Suggestion, resolve_name, suggest_architecture,
 };
-pub use state::{EntryKind, NamedTensor, StateEntry};
+pub use state::{NamedTensor, StateEntry, TensorKind};

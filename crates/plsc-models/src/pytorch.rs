@@ -20,7 +20,7 @@ use burn::tensor::DType;
 use burn_store::pytorch::PytorchReader;
 
 use crate::error::{ModelError, Result};
-use crate::state::{EntryKind, NamedTensor, StateEntry, ignored_key};
+use crate::state::{NamedTensor, TensorKind, ignored_key};
 
 /// The format of a state file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +88,8 @@ pub fn read_state_file(path: &Path) -> Result<(StateFormat, Vec<NamedTensor>)> {
 /// Reads the tensors of a PyTorch file, `num_batches_tracked` left out, in name order, as f32.
 ///
 /// A `DataParallel`/`DistributedDataParallel` prefix (`module.` on every key) is removed. The
-/// roles ([`EntryKind`]) of the returned tensors are not known from the file: they are all
-/// [`EntryKind::Param`] until a model reads them ([`crate::Backbone::load_tensors`]).
+/// roles ([`TensorKind`]) of the returned tensors are not known from the file: they are all
+/// [`TensorKind::Param`] until a model reads them ([`crate::Backbone::load_tensors`]).
 pub fn read_pytorch(path: &Path) -> Result<Vec<NamedTensor>> {
     let file = path.display().to_string();
     let reader = PytorchReader::new(path).map_err(|e| ModelError::PyTorch {
@@ -142,14 +142,7 @@ pub fn read_pytorch(path: &Path) -> Result<Vec<NamedTensor>> {
                 ),
             });
         }
-        out.push(NamedTensor {
-            entry: StateEntry {
-                name: key.to_string(),
-                shape,
-                kind: EntryKind::Param,
-            },
-            values,
-        });
+        out.push(NamedTensor::new(key, shape, TensorKind::Param, values));
     }
     Ok(out)
 }

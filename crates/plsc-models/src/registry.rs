@@ -13,7 +13,7 @@ use crate::iresnet::{IResNet, IResNetConfig};
 use crate::mobilefacenet::{MobileFaceNet, MobileFaceNetConfig};
 use crate::pytorch::StateFormat;
 use crate::state::{
-    EntryKind, NamedTensor, StateEntry, StateReader, StateWriter, TorchState, read_file,
+    NamedTensor, StateEntry, StateReader, StateWriter, TensorKind, TorchState, read_file,
     to_safetensors_bytes, write_atomically,
 };
 
@@ -338,7 +338,7 @@ impl<B: Backend> Backbone<B> {
     pub fn state_layout(&self) -> Vec<StateEntry> {
         self.write_state(false)
             .into_iter()
-            .map(|t| t.entry)
+            .map(|t| t.entry())
             .collect()
     }
 
@@ -384,12 +384,12 @@ impl<B: Backend> Backbone<B> {
     /// Number of parameters as PyTorch's `sum(p.numel() for p in model.parameters())`
     /// counts them (frozen ones included, buffers excluded).
     pub fn param_count(&self) -> usize {
-        count(&self.state_layout(), |k| k != EntryKind::Buffer)
+        count(&self.state_layout(), |k| k != TensorKind::Buffer)
     }
 
     /// Number of trainable parameters (frozen ones and buffers excluded).
     pub fn trainable_param_count(&self) -> usize {
-        count(&self.state_layout(), |k| k == EntryKind::Param)
+        count(&self.state_layout(), |k| k == TensorKind::Param)
     }
 
     /// The state as safetensors bytes (f32).
@@ -464,7 +464,7 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
     }
 }
 
-fn count(layout: &[StateEntry], keep: impl Fn(EntryKind) -> bool) -> usize {
+fn count(layout: &[StateEntry], keep: impl Fn(TensorKind) -> bool) -> usize {
     layout
         .iter()
         .filter(|e| keep(e.kind))

@@ -21,12 +21,17 @@ use std::path::Path;
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
-/// The role of a named tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
+/// The role of a named tensor: the one kind vocabulary of model state, shared by the models
+/// (plsc-models), checkpoints and exports (plsc-ckpt, where it is written into `manifest.json`
+/// and the export's safetensors header as `param`, `frozen_param`, `buffer`, `momentum`), the
+/// trainer and the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorKind {
     /// A trainable parameter.
     Param,
     /// A parameter with a fixed value (PyTorch `requires_grad = False`, e.g. `features.weight`
@@ -34,9 +39,13 @@ pub enum EntryKind {
     FrozenParam,
     /// A buffer (BatchNorm running statistics): state, not a parameter.
     Buffer,
+    /// The SGD momentum of the parameter with the same name (checkpoints hold it beside the
+    /// parameters; a model never lists it).
+    Momentum,
 }
 
-/// One named tensor of a model's state: name, PyTorch shape and role.
+/// The name, PyTorch shape and role of one tensor of a model's state (a layout, without
+/// values: [`crate::Backbone::state_layout`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateEntry {
     /// The `state_dict` key.
@@ -44,16 +53,54 @@ pub struct StateEntry {
     /// The shape as PyTorch stores it.
     pub shape: Vec<usize>,
     /// Parameter, frozen parameter or buffer.
-    pub kind: EntryKind,
+    pub kind: TensorKind,
 }
 
-/// A named tensor with its f32 values, row-major in PyTorch's layout.
+/// A named tensor of a model's state with its f32 values, row-major in PyTorch's layout: what
+/// a backbone lists ([`crate::Backbone::state_tensors`]) and loads
+/// ([`crate::Backbone::load_tensors`]), what plsc-ckpt saves, loads, reshards and exports, and
+/// what the trainer and the server pass between them. One type across the crates.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedTensor {
-    /// Name, shape and role.
-    pub entry: StateEntry,
-    /// The values.
+    /// The `state_dict` key (for momentum: the key of its parameter).
+    pub name: String,
+    /// The shape as PyTorch stores it.
+    pub shape: Vec<usize>,
+    /// Parameter, frozen parameter, buffer or momentum.
+    pub kind: TensorKind,
+    /// The values, `shape.iter().product()` of them.
     pub values: Vec<f32>,
+}
+
+impl NamedTensor {
+    /// A tensor of `kind` with `values` of `shape`.
+    pub fn new(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        kind: TensorKind,
+        values: Vec<f32>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            shape,
+            kind,
+            values,
+        }
+    }
+
+    /// Number of elements the shape describes.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Its name, shape and role, without the values.
+    pub fn entry(&self) -> StateEntry {
+        StateEntry {
+            name: self.name.clone(),
+            shape: self.shape.clone(),
+            kind: self.kind,
+        }
+    }
 }
 
 /// Joins a `state_dict` prefix and a name with a dot.
@@ -97,7 +144,7 @@ impl StateWriter {
     fn push<B: Backend, const D: usize>(
         &mut self,
         name: String,
-        kind: EntryKind,
+        kind: TensorKind,
         shape: Vec<usize>,
         value: impl FnOnce() -> Tensor<B, D>,
     ) {
@@ -110,10 +157,8 @@ impl StateWriter {
         } else {
             Vec::new()
         };
-        self.entries.push(NamedTensor {
-            entry: StateEntry { name, shape, kind },
-            values,
-        });
+        self.entries
+            .push(NamedTensor::new(name, shape, kind, values));
     }
 
     /// A parameter stored as PyTorch stores it (not initialised when only the layout is
@@ -121,7 +166,7 @@ impl StateWriter {
     pub fn param<B: Backend, const D: usize>(
         &mut self,
         name: String,
-        kind: EntryKind,
+        kind: TensorKind,
         p: &Param<Tensor<B, D>>,
     ) {
         if self.buffers_only {
@@ -137,7 +182,7 @@ impl StateWriter {
             return;
         }
         let [d_in, d_out] = p.lazy_shape().dims::<2>();
-        self.push(name, EntryKind::Param, vec![d_out, d_in], || {
+        self.push(name, TensorKind::Param, vec![d_out, d_in], || {
             p.val().transpose()
         });
     }
@@ -149,7 +194,7 @@ impl StateWriter {
         s: &RunningState<Tensor<B, D>>,
     ) {
         let t = s.clone().into_record().val();
-        self.push(name, EntryKind::Buffer, t.dims().to_vec(), || t);
+        self.push(name, TensorKind::Buffer, t.dims().to_vec(), || t);
     }
 }
 
@@ -209,7 +254,7 @@ impl<'a> StateReader<'a> {
             file: label.to_string(),
             tensors: tensors
                 .iter()
-                .map(|t| (t.entry.name.clone(), Source::Values(t)))
+                .map(|t| (t.name.clone(), Source::Values(t)))
                 .collect(),
             used: BTreeSet::new(),
             buffers_only: false,
@@ -237,7 +282,7 @@ impl<'a> StateReader<'a> {
             })?;
         let found = match source {
             Source::View(view) => view.shape(),
-            Source::Values(t) => t.entry.shape.as_slice(),
+            Source::Values(t) => t.shape.as_slice(),
         };
         if found != expected {
             return Err(ModelError::ShapeMismatch {
@@ -286,7 +331,11 @@ impl<'a> StateReader<'a> {
         Ok(p.transform_for_load(t, id))
     }
 
-    /// Replaces a burn `Linear` weight `[in, out]` from PyTorch's `[out, in]`.
+    /// Replaces a burn `Linear` weight `[in, out]` from PyTorch's `[out, in]`. The values are
+    /// transposed on the host, so the weight is a contiguous `[in, out]` tensor, laid out as a
+    /// freshly built model's and a replica's ([`crate::Backbone::fresh_replica`]): every copy
+    /// of a loaded model runs the same matrix-product kernel and gives the same bits (a
+    /// transposed view would take another kernel path and differ in the last bits).
     pub fn linear_weight<B: Backend>(
         &mut self,
         name: String,
@@ -297,9 +346,16 @@ impl<'a> StateReader<'a> {
         }
         let [d_in, d_out] = p.lazy_shape().dims::<2>();
         let data = self.take(&name, &[d_out, d_in])?;
+        let rows = data.into_vec::<f32>().expect("take() gives f32 data");
+        let mut values = vec![0.0f32; rows.len()];
+        for (o, row) in rows.chunks_exact(d_in.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                values[i * d_out + o] = v;
+            }
+        }
         let device = p.lazy_device();
         let id = p.id;
-        let t = Tensor::<B, 2>::from_data(data, &device).transpose();
+        let t = Tensor::<B, 2>::from_data(TensorData::new(values, [d_in, d_out]), &device);
         Ok(p.transform_for_load(t, id))
     }
 
@@ -339,7 +395,7 @@ impl<'a> StateReader<'a> {
 
 /// Reads every tensor of safetensors `bytes` as f32, in name order, `num_batches_tracked` left
 /// out (whatever its dtype); `file` names them in errors. The roles are not known from the
-/// file: all are [`EntryKind::Param`] until a model reads them.
+/// file: all are [`TensorKind::Param`] until a model reads them.
 pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<NamedTensor>> {
     let reader = StateReader::new(file, bytes)?;
     let mut names: Vec<&String> = reader.tensors.keys().filter(|k| !ignored_key(k)).collect();
@@ -355,14 +411,12 @@ pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<NamedTensor>> {
                 key: name.clone(),
                 dtype: format!("{:?}", view.dtype()),
             })?;
-            Ok(NamedTensor {
-                entry: StateEntry {
-                    name: name.clone(),
-                    shape: view.shape().to_vec(),
-                    kind: EntryKind::Param,
-                },
+            Ok(NamedTensor::new(
+                name.clone(),
+                view.shape().to_vec(),
+                TensorKind::Param,
                 values,
-            })
+            ))
         })
         .collect()
 }
@@ -423,9 +477,7 @@ pub fn to_safetensors_bytes(tensors: &[NamedTensor], label: &str) -> Result<Vec<
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|(t, b)| {
-            TensorView::new(Dtype::F32, t.entry.shape.clone(), b).map(|v| (t.entry.name.clone(), v))
-        })
+        .map(|(t, b)| TensorView::new(Dtype::F32, t.shape.clone(), b).map(|v| (t.name.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|source| ModelError::Safetensors {
             file: label.to_string(),

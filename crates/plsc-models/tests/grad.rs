@@ -120,7 +120,7 @@ fn injection_matches_autodiff_of_an_equivalent_scalar_loss() {
         with_grad,
         m.state_layout()
             .iter()
-            .filter(|e| e.kind == plsc_models::EntryKind::Param)
+            .filter(|e| e.kind == plsc_models::TensorKind::Param)
             .count()
     );
 }

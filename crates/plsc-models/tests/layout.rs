@@ -2,32 +2,32 @@
 //! from the architecture (iresnet.py / mobilefacenet.py), and the published totals.
 
 use burn::backend::Flex;
-use plsc_models::{BackboneConfig, EntryKind, MODEL_NAMES, StateEntry};
+use plsc_models::{BackboneConfig, MODEL_NAMES, StateEntry, TensorKind};
 
 type B = Flex;
 
 /// (name, shape, kind) in PyTorch registration order.
-struct Expected(Vec<(String, Vec<usize>, EntryKind)>);
+struct Expected(Vec<(String, Vec<usize>, TensorKind)>);
 
 impl Expected {
-    fn add(&mut self, name: String, shape: Vec<usize>, kind: EntryKind) {
+    fn add(&mut self, name: String, shape: Vec<usize>, kind: TensorKind) {
         self.0.push((name, shape, kind));
     }
     fn bn(&mut self, p: &str, c: usize) {
-        self.add(format!("{p}.weight"), vec![c], EntryKind::Param);
-        self.add(format!("{p}.bias"), vec![c], EntryKind::Param);
-        self.add(format!("{p}.running_mean"), vec![c], EntryKind::Buffer);
-        self.add(format!("{p}.running_var"), vec![c], EntryKind::Buffer);
+        self.add(format!("{p}.weight"), vec![c], TensorKind::Param);
+        self.add(format!("{p}.bias"), vec![c], TensorKind::Param);
+        self.add(format!("{p}.running_mean"), vec![c], TensorKind::Buffer);
+        self.add(format!("{p}.running_var"), vec![c], TensorKind::Buffer);
     }
     fn conv(&mut self, p: &str, out: usize, inp_per_group: usize, k: usize) {
         self.add(
             format!("{p}.weight"),
             vec![out, inp_per_group, k, k],
-            EntryKind::Param,
+            TensorKind::Param,
         );
     }
     fn prelu(&mut self, p: &str, c: usize) {
-        self.add(format!("{p}.weight"), vec![c], EntryKind::Param);
+        self.add(format!("{p}.weight"), vec![c], TensorKind::Param);
     }
 }
 
@@ -55,12 +55,16 @@ fn iresnet_layout(layers: [usize; 4], emb: usize) -> Expected {
         }
     }
     e.bn("bn2", 512);
-    e.add("fc.weight".into(), vec![emb, 512 * 7 * 7], EntryKind::Param);
-    e.add("fc.bias".into(), vec![emb], EntryKind::Param);
+    e.add(
+        "fc.weight".into(),
+        vec![emb, 512 * 7 * 7],
+        TensorKind::Param,
+    );
+    e.add("fc.bias".into(), vec![emb], TensorKind::Param);
     e.bn("features", emb);
     // features.weight has requires_grad = False.
     let i = e.0.iter().position(|x| x.0 == "features.weight").unwrap();
-    e.0[i].2 = EntryKind::FrozenParam;
+    e.0[i].2 = TensorKind::FrozenParam;
     e
 }
 
@@ -99,7 +103,7 @@ fn mbf_layout(emb: usize) -> Expected {
     e.add(
         "features.layers.2.weight".into(),
         vec![emb, 512],
-        EntryKind::Param,
+        TensorKind::Param,
     );
     e.bn("features.layers.3", emb);
     e
@@ -115,7 +119,7 @@ fn layout_of(name: &str, emb: usize) -> Vec<StateEntry> {
 
 fn assert_layout(name: &str, emb: usize, expected: Expected) {
     let got = layout_of(name, emb);
-    let got: Vec<(String, Vec<usize>, EntryKind)> =
+    let got: Vec<(String, Vec<usize>, TensorKind)> =
         got.into_iter().map(|e| (e.name, e.shape, e.kind)).collect();
     for (i, (g, e)) in got.iter().zip(&expected.0).enumerate() {
         assert_eq!(g, e, "{name}: entry {i}");
@@ -143,7 +147,7 @@ fn params(expected: &Expected) -> usize {
     expected
         .0
         .iter()
-        .filter(|e| e.2 != EntryKind::Buffer)
+        .filter(|e| e.2 != TensorKind::Buffer)
         .map(|e| e.1.iter().product::<usize>())
         .sum()
 }

@@ -166,10 +166,10 @@ fn a_step_on_a_backbone_moves_weights_but_not_the_frozen_scale_or_buffers() {
     let m = optim.step(0.1, m, grads);
     let after = m.state_tensors();
     for (b, a) in before.iter().zip(&after) {
-        let name = &b.entry.name;
+        let name = &b.name;
         let moved = a.values != b.values;
-        match b.entry.kind {
-            plsc_models::EntryKind::Param => assert!(moved, "{name} did not move"),
+        match b.kind {
+            plsc_models::TensorKind::Param => assert!(moved, "{name} did not move"),
             _ => assert!(!moved, "{name} moved"),
         }
     }

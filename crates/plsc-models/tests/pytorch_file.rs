@@ -32,7 +32,7 @@ fn pth_reads_as_its_safetensors_twin_without_the_counters() {
     let bytes = std::fs::read(fixture("backbone.safetensors")).unwrap();
     let st = read_safetensors(&bytes, "twin").unwrap();
     assert_eq!(pth, st, "same names, shapes and values bit for bit");
-    assert!(pth.iter().all(|t| !t.entry.name.contains("num_batches")));
+    assert!(pth.iter().all(|t| !t.name.contains("num_batches")));
     // The twin does hold the I64 counters (so ignoring them is exercised).
     let raw = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let counters = raw
@@ -68,7 +68,7 @@ fn load_arcface_torch_takes_the_pth_and_the_twin_alike() {
     // Non-default BatchNorm statistics made it in.
     let mean = a
         .iter()
-        .find(|t| t.entry.name == "layer1.0.bn1.running_mean")
+        .find(|t| t.name == "layer1.0.bn1.running_mean")
         .unwrap();
     assert!(mean.values.iter().all(|v| *v != 0.0), "{:?}", mean.values);
 }
@@ -119,7 +119,7 @@ fn aliases_and_the_architecture_a_file_points_to() {
     let file: Vec<(String, Vec<usize>)> = read_pytorch(&fixture("backbone.pth"))
         .unwrap()
         .into_iter()
-        .map(|t| (t.entry.name, t.entry.shape))
+        .map(|t| (t.name, t.shape))
         .collect();
     assert_eq!(
         suggest_architecture(&file),

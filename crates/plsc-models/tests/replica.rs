@@ -10,7 +10,7 @@ type AB = Autodiff<Flex>;
 fn running_mean(m: &Backbone<AB>) -> Vec<f32> {
     m.state_tensors()
         .into_iter()
-        .find(|t| t.entry.name == "bn1.running_mean")
+        .find(|t| t.name == "bn1.running_mean")
         .unwrap()
         .values
 }
@@ -57,7 +57,7 @@ fn fresh_replicas_keep_their_own_statistics_across_threads() {
     let weights = |m: &Backbone<AB>| {
         m.state_tensors()
             .into_iter()
-            .find(|t| t.entry.name == "conv1.weight")
+            .find(|t| t.name == "conv1.weight")
             .unwrap()
             .values
     };
@@ -102,13 +102,13 @@ fn buffers_broadcast_from_one_replica_to_another() {
     assert!(
         buffers
             .iter()
-            .all(|t| t.entry.kind == plsc_models::EntryKind::Buffer)
+            .all(|t| t.kind == plsc_models::TensorKind::Buffer)
     );
     assert_eq!(
         buffers.len(),
         a.state_layout()
             .iter()
-            .filter(|e| e.kind == plsc_models::EntryKind::Buffer)
+            .filter(|e| e.kind == plsc_models::TensorKind::Buffer)
             .count()
     );
     let b = b.load_buffers(&buffers, "rank 0").unwrap();
@@ -125,7 +125,7 @@ fn buffers_broadcast_from_one_replica_to_another() {
     let weights = |m: &Backbone<AB>| {
         m.state_tensors()
             .into_iter()
-            .filter(|t| t.entry.kind != plsc_models::EntryKind::Buffer)
+            .filter(|t| t.kind != plsc_models::TensorKind::Buffer)
             .collect::<Vec<_>>()
     };
     let before = weights(&other);
@@ -136,7 +136,7 @@ fn buffers_broadcast_from_one_replica_to_another() {
     // A missing buffer is a named error.
     let err = model().load_buffers(&buffers[1..], "rank 0").unwrap_err();
     assert!(
-        matches!(&err, plsc_models::ModelError::MissingKey { key, .. } if *key == buffers[0].entry.name),
+        matches!(&err, plsc_models::ModelError::MissingKey { key, .. } if *key == buffers[0].name),
         "{err}"
     );
 }
@@ -149,7 +149,7 @@ fn clones_and_replicas_hold_the_same_weights() {
     let weights = |m: &Backbone<AB>| {
         m.state_tensors()
             .into_iter()
-            .filter(|t| t.entry.kind != plsc_models::EntryKind::Buffer)
+            .filter(|t| t.kind != plsc_models::TensorKind::Buffer)
             .collect::<Vec<_>>()
     };
     let clone = base.clone();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 use plsc_models::state::to_safetensors_bytes;
-use plsc_models::{Backbone, BackboneConfig, EntryKind, ModelError, NamedTensor};
+use plsc_models::{Backbone, BackboneConfig, ModelError, NamedTensor, TensorKind};
 use safetensors::{Dtype, tensor::TensorView};
 
 type B = Flex;
@@ -41,7 +41,7 @@ fn synthetic_state(m: &Backbone<B>) -> Vec<NamedTensor> {
                     }
                 })
                 .collect();
-            NamedTensor { entry, values }
+            NamedTensor::new(entry.name, entry.shape, entry.kind, values)
         })
         .collect()
 }
@@ -59,13 +59,13 @@ fn write_with_counters(tensors: &[NamedTensor], path: &PathBuf) {
         .zip(&floats)
         .map(|(t, b)| {
             (
-                t.entry.name.clone(),
-                TensorView::new(Dtype::F32, t.entry.shape.clone(), b).unwrap(),
+                t.name.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), b).unwrap(),
             )
         })
         .collect();
     for t in tensors {
-        if let Some(p) = t.entry.name.strip_suffix(".running_mean") {
+        if let Some(p) = t.name.strip_suffix(".running_mean") {
             views.push((
                 format!("{p}.num_batches_tracked"),
                 TensorView::new(Dtype::I64, vec![], &counter).unwrap(),
@@ -86,8 +86,8 @@ fn arcface_layout_file_loads_and_reproduces_its_tensors() {
         let got = loaded.state_tensors();
         assert_eq!(got.len(), expected.len());
         for (g, e) in got.iter().zip(&expected) {
-            assert_eq!(g.entry, e.entry);
-            assert!(g.values == e.values, "{name}: {} differs", e.entry.name);
+            assert_eq!(g.entry(), e.entry());
+            assert!(g.values == e.values, "{name}: {} differs", e.name);
         }
     }
 }
@@ -117,7 +117,7 @@ fn save_load_round_trip_is_byte_identical() {
     let rm = loaded
         .state_tensors()
         .into_iter()
-        .find(|t| t.entry.name == "bn1.running_mean")
+        .find(|t| t.name == "bn1.running_mean")
         .unwrap();
     assert!(rm.values.iter().any(|v| *v != 0.0));
     // No temporary files left behind.
@@ -148,11 +148,7 @@ fn loaded_weights_drive_the_forward() {
 }
 
 fn bytes_without(tensors: &[NamedTensor], skip: &str) -> Vec<u8> {
-    let kept: Vec<NamedTensor> = tensors
-        .iter()
-        .filter(|t| t.entry.name != skip)
-        .cloned()
-        .collect();
+    let kept: Vec<NamedTensor> = tensors.iter().filter(|t| t.name != skip).cloned().collect();
     to_safetensors_bytes(&kept, "test").unwrap()
 }
 
@@ -181,12 +177,9 @@ fn missing_wrong_shape_and_unexpected_keys_are_named_errors() {
     }
 
     let mut wrong = state.clone();
-    let fc = wrong
-        .iter_mut()
-        .find(|t| t.entry.name == "fc.weight")
-        .unwrap();
+    let fc = wrong.iter_mut().find(|t| t.name == "fc.weight").unwrap();
     // The burn layout [in, out] instead of PyTorch's [out, in].
-    fc.entry.shape.reverse();
+    fc.shape.reverse();
     let err = model("iresnet_tiny")
         .load_safetensors_bytes(&to_safetensors_bytes(&wrong, "t").unwrap(), "g")
         .unwrap_err();
@@ -205,14 +198,12 @@ fn missing_wrong_shape_and_unexpected_keys_are_named_errors() {
     }
 
     let mut extra = state.clone();
-    extra.push(NamedTensor {
-        entry: plsc_models::StateEntry {
-            name: "head.weight".into(),
-            shape: vec![2],
-            kind: EntryKind::Param,
-        },
-        values: vec![1.0, 2.0],
-    });
+    extra.push(NamedTensor::new(
+        "head.weight",
+        vec![2],
+        TensorKind::Param,
+        vec![1.0, 2.0],
+    ));
     let err = model("iresnet_tiny")
         .load_safetensors_bytes(&to_safetensors_bytes(&extra, "t").unwrap(), "h")
         .unwrap_err();
@@ -258,8 +249,8 @@ fn half_precision_files_load() {
         .zip(&halves)
         .map(|(t, b)| {
             (
-                t.entry.name.clone(),
-                TensorView::new(Dtype::F16, t.entry.shape.clone(), b).unwrap(),
+                t.name.clone(),
+                TensorView::new(Dtype::F16, t.shape.clone(), b).unwrap(),
             )
         })
         .collect();
@@ -269,7 +260,7 @@ fn half_precision_files_load() {
         .unwrap();
     for (g, e) in loaded.state_tensors().iter().zip(&state) {
         for (a, b) in g.values.iter().zip(&e.values) {
-            assert_eq!(*a, half::f16::from_f32(*b).to_f32(), "{}", e.entry.name);
+            assert_eq!(*a, half::f16::from_f32(*b).to_f32(), "{}", e.name);
         }
     }
 }

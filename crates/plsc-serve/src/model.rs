@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
+use plsc_ckpt::ModelSpec;
 use plsc_data::decode::ImageSpec;
+use plsc_models::Backbone;
 use plsc_models::device::Device;
-use plsc_models::{Backbone, BackboneConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServeError};
@@ -15,25 +16,16 @@ use crate::error::{Result, ServeError};
 /// The backend the server runs on (CPU, no autodiff: BatchNorm uses its running statistics).
 pub type ServeBackend = Flex;
 
-/// What `GET /v1/model` answers: the model's description from `model.json`.
+/// What `GET /v1/model` answers: the model's description from `model.json` (its
+/// [`ModelSpec`], the one description of a model's architecture and input, flattened into the
+/// answer: `architecture`, `embedding_size`, `input_size`, `in_channels`, `mean`, `std`,
+/// `resize`), the step it was exported at and its parameter count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
-    /// Registry name of the backbone (`iresnet50`, `iresnet_tiny`, ...).
-    pub architecture: String,
-    /// Embedding size `D`.
-    pub embedding_size: usize,
-    /// Input height and width in pixels; images of other sizes are resized to it.
-    pub input_size: usize,
-    /// Input channels (3 RGB, 1 grayscale); images are converted to it.
-    pub in_channels: usize,
-    /// Per-channel mean subtracted from 0..255 pixel values.
-    pub mean: Vec<f32>,
-    /// Per-channel divisor applied after the mean.
-    pub std: Vec<f32>,
-    /// How images of another size or aspect ratio become the input (`squash`, `pad`,
-    /// `center-crop`), from `model.json`.
-    #[serde(default)]
-    pub resize: plsc_data::Resize,
+    /// Architecture, embedding size, input size and channels, normalisation and resize
+    /// policy, as `model.json` records them.
+    #[serde(flatten)]
+    pub spec: ModelSpec,
     /// The training step the model was exported at.
     pub source_step: u64,
     /// Number of parameters.
@@ -65,63 +57,19 @@ impl ServeModel {
 
     /// [`Self::load`], with the backbone also on `device` (a GPU: the workers run there).
     pub fn load_on(dir: &Path, on: Device) -> Result<Self> {
-        let exported = plsc_ckpt::load_exported(dir).map_err(|source| ServeError::LoadModel {
+        let load_err = |source| ServeError::LoadModel {
             dir: dir.to_path_buf(),
             source: Box::new(source),
-        })?;
+        };
+        let (backbone, exported) =
+            plsc_ckpt::load_exported_backbone::<ServeBackend>(dir, &Default::default())
+                .map_err(load_err)?;
         let spec = &exported.spec;
-        let config = BackboneConfig::new(spec.architecture.clone())
-            .with_embedding_size(spec.embedding_size)
-            .with_in_channels(spec.in_channels)
-            .with_input_size(spec.input_size);
-        let model_err = |context: String| {
-            move |source| ServeError::Model {
-                context: context.clone(),
-                source: Box::new(source),
-            }
-        };
-        let device = Default::default();
-        let backbone: Backbone<ServeBackend> = config
-            .init(&device)
-            .map_err(model_err(format!("building {}", spec.architecture)))?;
-        let tensors: Vec<plsc_models::NamedTensor> = exported
-            .tensors
-            .into_iter()
-            .map(|t| plsc_models::NamedTensor {
-                entry: plsc_models::StateEntry {
-                    name: t.name,
-                    shape: t.shape,
-                    kind: match t.kind {
-                        plsc_ckpt::TensorKind::Buffer => plsc_models::EntryKind::Buffer,
-                        plsc_ckpt::TensorKind::FrozenParam => plsc_models::EntryKind::FrozenParam,
-                        _ => plsc_models::EntryKind::Param,
-                    },
-                },
-                values: t.values,
-            })
-            .collect();
-        let label = dir
-            .join(plsc_ckpt::manifest::BACKBONE_FILE)
-            .display()
-            .to_string();
-        let backbone = backbone
-            .load_tensors(&tensors, &label)
-            .map_err(model_err(format!("loading {label}")))?;
-        let image = image_spec(spec.input_size, spec.in_channels, &spec.mean, &spec.std)
-            .map_err(|detail| ServeError::Config(format!("{}: {detail}", dir.display())))?;
-        // The aspect-ratio policy model.json records (squash when it records none).
-        let image = ImageSpec {
-            resize: spec.resize,
-            ..image
-        };
+        // Size, channels, normalisation and the resize policy model.json records (squash when
+        // it records none): the decoder's input, as in training.
+        let image = spec.image_spec().map_err(load_err)?;
         let info = ModelInfo {
-            architecture: spec.architecture.clone(),
-            embedding_size: spec.embedding_size,
-            input_size: spec.input_size,
-            in_channels: spec.in_channels,
-            mean: spec.mean.clone(),
-            std: spec.std.clone(),
-            resize: spec.resize,
+            spec: spec.clone(),
             source_step: exported.source_step,
             parameters: backbone.param_count(),
         };
@@ -129,17 +77,20 @@ impl ServeModel {
         let gpu = match on {
             Device::Cpu => None,
             Device::Cuda(index) => {
-                plsc_models::device::check_cuda(index.unwrap_or(0))
-                    .map_err(model_err(format!("starting the GPU for {}", dir.display())))?;
+                plsc_models::device::check_cuda(index.unwrap_or(0)).map_err(|source| {
+                    ServeError::Model {
+                        context: format!("starting the GPU for {}", dir.display()),
+                        source: Box::new(source),
+                    }
+                })?;
                 let dev = burn::backend::cuda::CudaDevice::new(index.unwrap_or(0));
-                let on_gpu: Backbone<burn::backend::Cuda> = config
-                    .init(&dev)
-                    .map_err(model_err(format!(
-                        "building {} on the GPU",
-                        spec.architecture
-                    )))?
-                    .load_tensors(&tensors, &label)
-                    .map_err(model_err(format!("loading {label} onto the GPU")))?;
+                let label = dir
+                    .join(plsc_ckpt::manifest::BACKBONE_FILE)
+                    .display()
+                    .to_string();
+                let on_gpu: Backbone<burn::backend::Cuda> =
+                    plsc_ckpt::backbone_from(spec, &exported.tensors, &label, &dev)
+                        .map_err(load_err)?;
                 Some((on_gpu, dev))
             }
         };
@@ -149,9 +100,9 @@ impl ServeModel {
                 "device {on}: this build has no CUDA backend (build with the `cuda` feature)"
             )));
         }
-        tracing::info!(model = %dir.display(), architecture = %info.architecture,
-            embedding_size = info.embedding_size, device = %on, mean = ?info.mean,
-            std = ?info.std, preprocessing = exported.preprocessing_source.name(),
+        tracing::info!(model = %dir.display(), architecture = %spec.architecture,
+            embedding_size = spec.embedding_size, device = %on, mean = ?spec.mean,
+            std = ?spec.std, preprocessing = exported.preprocessing_source.name(),
             "loaded model (input: (pixel - mean) / std, RGB)");
         Ok(Self {
             backbone,
@@ -187,42 +138,22 @@ impl ServeModel {
         ServeNet::Cpu(self.backbone.fresh_replica())
     }
 
+    /// Embeds `n` preprocessed images (`images` holds `n` CHW images of [`Self::image_spec`]
+    /// in a row) with the backbone on the server's device, the forward pass of the workers;
+    /// returns `n * D` values, one embedding per image, in order. `xtask eval --model` embeds
+    /// its pair sets through it.
+    pub fn embed(&self, images: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        #[cfg(feature = "cuda")]
+        if let Some((b, dev)) = &self.gpu {
+            return forward_on(b, dev, &self.image, images, n);
+        }
+        forward_on(&self.backbone, &Default::default(), &self.image, images, n)
+    }
+
     /// The backbone itself (for callers that want to run it outside the server).
     pub fn backbone(&self) -> &Backbone<ServeBackend> {
         &self.backbone
     }
-}
-
-/// The preprocessing of a model with these input settings: the mean and std lists hold one
-/// value for all channels or one per channel (`model.json` writes one per channel).
-pub fn image_spec(
-    input_size: usize,
-    channels: usize,
-    mean: &[f32],
-    std: &[f32],
-) -> std::result::Result<ImageSpec, String> {
-    if channels != 1 && channels != 3 {
-        return Err(format!("in_channels must be 1 or 3, not {channels}"));
-    }
-    let side =
-        u32::try_from(input_size).map_err(|_| format!("input_size {input_size} is too large"))?;
-    let per_channel = |v: &[f32], what: &str| -> std::result::Result<[f32; 3], String> {
-        match v.len() {
-            1 => Ok([v[0]; 3]),
-            n if n == channels || n == 3 => Ok([v[0], v[1.min(n - 1)], v[2.min(n - 1)]]),
-            n => Err(format!(
-                "{what} has {n} values for {channels} channels (1 or {channels} expected)"
-            )),
-        }
-    };
-    Ok(ImageSpec {
-        height: side,
-        width: side,
-        channels,
-        mean: per_channel(mean, "mean")?,
-        std: per_channel(std, "std")?,
-        ..ImageSpec::default()
-    })
 }
 
 /// A worker's backbone on the server's device.
@@ -284,19 +215,8 @@ pub fn write_model_dir<B: burn::tensor::backend::Backend>(
     source_step: u64,
     dir: &Path,
 ) -> Result<()> {
-    let tensors: Vec<plsc_ckpt::NamedTensor> = backbone
-        .state_tensors()
-        .into_iter()
-        .map(|t| {
-            let kind = match t.entry.kind {
-                plsc_models::EntryKind::Param => plsc_ckpt::TensorKind::Param,
-                plsc_models::EntryKind::FrozenParam => plsc_ckpt::TensorKind::FrozenParam,
-                plsc_models::EntryKind::Buffer => plsc_ckpt::TensorKind::Buffer,
-            };
-            plsc_ckpt::NamedTensor::new(t.entry.name, t.entry.shape, kind, t.values)
-        })
-        .collect();
-    let spec = plsc_ckpt::ModelSpec {
+    let tensors = backbone.state_tensors();
+    let spec = ModelSpec {
         architecture: architecture.to_string(),
         embedding_size: backbone.embedding_size,
         input_size: backbone.input_size,

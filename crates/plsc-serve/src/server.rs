@@ -460,7 +460,7 @@ async fn encode(State(state): State<Arc<AppState>>, body: Body) -> Response {
                 l2_normalize(e);
             }
         }
-        let dim = s.info.embedding_size;
+        let dim = s.info.spec.embedding_size;
         Ok(axum::Json(EncodeResponse { embeddings, dim }).into_response())
     })
     .await

@@ -161,9 +161,9 @@ fn client_round_trip_equals_the_models_own_inference() {
 
     client.health().unwrap();
     let info = client.model().unwrap();
-    assert_eq!(info.model.architecture, "iresnet_tiny");
-    assert_eq!(info.model.embedding_size, DIM);
-    assert_eq!(info.model.input_size, INPUT);
+    assert_eq!(info.model.spec.architecture, "iresnet_tiny");
+    assert_eq!(info.model.spec.embedding_size, DIM);
+    assert_eq!(info.model.spec.input_size, INPUT);
     assert_eq!(info.model.source_step, 42);
     assert_eq!(info.limits.max_batch, 64);
 
@@ -728,7 +728,7 @@ fn the_server_applies_the_resize_policy_model_json_records() {
         set_model_json_resize(&f, recorded);
         let server = start(&f, ServeConfig::default());
         let client = Client::connect(server.local_addr().to_string()).unwrap();
-        assert_eq!(client.model().unwrap().model.resize, policy);
+        assert_eq!(client.model().unwrap().model.spec.resize, policy);
         let got = client.encode(&images).unwrap();
         f.spec.resize = policy;
         assert_close(&got, &reference(&f, &images, false), policy.name());

@@ -404,6 +404,18 @@ impl Entry {
         self
     }
 
+    /// The model input of this run as plsc-data's decoder takes it: `input_size` square,
+    /// `in_channels`, the training normalisation `(x - 127.5) / 128` and the squash resize
+    /// policy. Training batches, verification sets and the exported `model.json` all use it.
+    pub fn image_spec(&self) -> plsc_data::decode::ImageSpec {
+        plsc_data::decode::ImageSpec {
+            height: self.input_size as u32,
+            width: self.input_size as u32,
+            channels: self.in_channels,
+            ..plsc_data::decode::ImageSpec::default()
+        }
+    }
+
     /// The global batch: `ranks * train_batch_size`.
     pub fn global_batch(&self) -> usize {
         self.ranks * self.train_batch_size

@@ -10,7 +10,6 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
 use plsc_comm::tensor::TensorComm;
 use plsc_comm::{CommExt, Communicator, run_ranks};
-use plsc_data::decode::ImageSpec;
 use plsc_data::stream::{BatchStream, Position, StreamConfig};
 use plsc_models::{Backbone, BackboneConfig};
 use serde::Serialize;
@@ -100,12 +99,7 @@ fn stream_config(entry: &Entry, rank: usize) -> StreamConfig {
         world: entry.ranks,
         batch_size: entry.train_batch_size,
         seed: entry.seed,
-        spec: ImageSpec {
-            height: entry.input_size as u32,
-            width: entry.input_size as u32,
-            channels: entry.in_channels,
-            ..ImageSpec::default()
-        },
+        spec: entry.image_spec(),
         flip: entry.flip,
         prefetch: if gpu { 4 } else { 2 },
         classes: Some(entry.num_classes as u64),

@@ -6,8 +6,7 @@ use std::path::Path;
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use plsc_ckpt::TensorKind;
-use plsc_models::{Backbone, EntryKind, ModelError};
+use plsc_models::{Backbone, ModelError, NamedTensor};
 
 /// A trainable embedding network on autodiff backend `B`.
 pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'static {
@@ -35,16 +34,12 @@ pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Send + Sized + 'st
 
     /// Parameters and buffers as named tensors for a checkpoint (arcface_torch names for the
     /// registered backbones).
-    fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor>;
+    fn state_tensors(&self) -> Vec<NamedTensor>;
 
     /// The model with every tensor replaced by the one of the same name in `tensors` (as
     /// [`Self::state_tensors`] lays them out); `label` names the source in errors. A missing,
     /// extra or misshapen tensor is an error.
-    fn load_state_tensors(
-        self,
-        tensors: &[plsc_ckpt::NamedTensor],
-        label: &str,
-    ) -> Result<Self, ModelError>;
+    fn load_state_tensors(self, tensors: &[NamedTensor], label: &str) -> Result<Self, ModelError>;
 
     /// The running statistics (BatchNorm means and variances), flattened in a fixed order; empty
     /// for a model without batch statistics.
@@ -102,42 +97,11 @@ impl<B: AutodiffBackend> TrainModel<B> for Backbone<B> {
         self.save_safetensors(path)
     }
 
-    fn load_state_tensors(
-        self,
-        tensors: &[plsc_ckpt::NamedTensor],
-        label: &str,
-    ) -> Result<Self, ModelError> {
-        let named: Vec<plsc_models::NamedTensor> = tensors
-            .iter()
-            .map(|t| plsc_models::NamedTensor {
-                entry: plsc_models::StateEntry {
-                    name: t.name.clone(),
-                    shape: t.shape.clone(),
-                    kind: match t.kind {
-                        TensorKind::FrozenParam => EntryKind::FrozenParam,
-                        TensorKind::Buffer => EntryKind::Buffer,
-                        TensorKind::Param | TensorKind::Momentum => EntryKind::Param,
-                    },
-                },
-                values: t.values.clone(),
-            })
-            .collect();
-        self.load_tensors(&named, label)
+    fn load_state_tensors(self, tensors: &[NamedTensor], label: &str) -> Result<Self, ModelError> {
+        self.load_tensors(tensors, label)
     }
 
-    fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor> {
+    fn state_tensors(&self) -> Vec<NamedTensor> {
         Backbone::state_tensors(self)
-            .into_iter()
-            .map(|t| plsc_ckpt::NamedTensor {
-                name: t.entry.name,
-                shape: t.entry.shape,
-                kind: match t.entry.kind {
-                    EntryKind::Param => TensorKind::Param,
-                    EntryKind::FrozenParam => TensorKind::FrozenParam,
-                    EntryKind::Buffer => TensorKind::Buffer,
-                },
-                values: t.values,
-            })
-            .collect()
     }
 }

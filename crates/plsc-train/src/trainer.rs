@@ -34,7 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plsc_comm::tensor::TensorComm;
 use plsc_comm::{CommExt, Communicator, run_ranks};
 use plsc_core::{HeadConfig, SparseSgdConfig};
-use plsc_eval::{EmbedderError, EvalOptions, Normalize, PairSet, Verification, VerifyConfig};
+use plsc_eval::{EmbedderError, EvalOptions, PairSet, Verification, VerifyConfig};
 use plsc_models::grad::backward_with_grad;
 use plsc_models::optim::{
     SgdMomentumConfig, SgdMomentumOptimizer, velocity_module, velocity_record,
@@ -730,11 +730,11 @@ where
     if with_momentum && !state.momentum.is_empty() {
         // The velocities go through a copy of the model (same names, same layouts), then into
         // the optimiser's records by parameter position.
-        let merged: Vec<plsc_ckpt::NamedTensor> = model
+        let merged: Vec<plsc_models::NamedTensor> = model
             .state_tensors()
             .into_iter()
             .map(|mut t| {
-                if t.kind == plsc_ckpt::TensorKind::Param {
+                if t.kind == plsc_models::TensorKind::Param {
                     match state.momentum.iter().find(|m| m.name == t.name) {
                         Some(m) => t.values.clone_from(&m.values),
                         None => t.values.iter_mut().for_each(|v| *v = 0.0),
@@ -807,13 +807,13 @@ where
         training,
     };
     let (tensors, momentum) = if rank == 0 {
-        let momentum: Vec<plsc_ckpt::NamedTensor> =
+        let momentum: Vec<plsc_models::NamedTensor> =
             velocity_module::<B, M>(model, &optim.to_record())
                 .state_tensors()
                 .into_iter()
-                .filter(|t| t.kind == plsc_ckpt::TensorKind::Param)
-                .map(|t| plsc_ckpt::NamedTensor {
-                    kind: plsc_ckpt::TensorKind::Momentum,
+                .filter(|t| t.kind == plsc_models::TensorKind::Param)
+                .map(|t| plsc_models::NamedTensor {
+                    kind: plsc_models::TensorKind::Momentum,
                     ..t
                 })
                 .collect();
@@ -850,19 +850,39 @@ pub fn verify<B: AutodiffBackend, M: TrainModel<B>>(
     device: &B::Device,
 ) -> plsc_eval::Result<Verification> {
     let inner = model.valid();
-    let mut embed = |images: &[f32], shape: [usize; 4]| -> Result<Vec<f32>, EmbedderError> {
+    let mut embed = ValidEmbedder::<B, M> {
+        inner: &inner,
+        device,
+    };
+    plsc_eval::verify_pair_set(set, &mut embed, &verify_options(entry))
+}
+
+/// The embedder of verification during training: the evaluation-mode module (running
+/// BatchNorm statistics) of a model, on `device`.
+pub struct ValidEmbedder<'a, B: AutodiffBackend, M: TrainModel<B>> {
+    /// The evaluation-mode module (`model.valid()`).
+    pub inner: &'a M::InnerModule,
+    /// Where it runs.
+    pub device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend, M: TrainModel<B>> plsc_eval::Embedder for ValidEmbedder<'_, B, M> {
+    fn embed(&mut self, images: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, EmbedderError> {
         let x = Tensor::<B::InnerBackend, 4>::from_data(
             TensorData::new(images.to_vec(), shape),
-            device,
+            self.device,
         );
-        Ok(to_f32_vec(M::embed_valid(&inner, x)))
-    };
-    let options = EvalOptions {
+        Ok(to_f32_vec(M::embed_valid(self.inner, x)))
+    }
+}
+
+/// Batch size and folds of verification during training (`test_batch_size`, InsightFace's
+/// 10 folds and FAR 1e-3).
+pub fn verify_options(entry: &Entry) -> EvalOptions {
+    EvalOptions {
         batch_size: entry.test_batch_size,
-        normalize: Normalize::default(),
         verify: VerifyConfig::default(),
-    };
-    plsc_eval::verify_pair_set(set, &mut embed, &options)
+    }
 }
 
 /// Seconds as a [`Duration`] (for printing).

@@ -12,11 +12,9 @@ pub fn load_val_sets(entry: &Entry) -> Result<Vec<(String, PairSet)>> {
     if !entry.with_test {
         return Ok(Vec::new());
     }
-    let spec = plsc_eval::ImageSpec {
-        height: entry.input_size,
-        width: entry.input_size,
-        channels: entry.in_channels,
-    };
+    // The training input (size, channels, normalisation, resize policy): verification sees
+    // the images as training and the exported model's server see them.
+    let spec = entry.image_spec();
     entry
         .val_paths()
         .into_iter()
@@ -39,7 +37,7 @@ pub fn load_val_sets(entry: &Entry) -> Result<Vec<(String, PairSet)>> {
                     ),
                 });
             }
-            PairSet::load(&p, spec)
+            PairSet::load(&p, &spec)
                 .map(|s| (name.clone(), s))
                 .map_err(|source| TrainError::eval(p.display().to_string(), source))
         })

@@ -92,20 +92,20 @@ impl<B: AutodiffBackend> TrainModel<B> for LinearNet<B> {
     fn replica(&self) -> Self {
         self.clone()
     }
-    fn state_tensors(&self) -> Vec<plsc_ckpt::NamedTensor> {
+    fn state_tensors(&self) -> Vec<plsc_models::NamedTensor> {
         let w = self.fc.weight.val();
         let [i, o] = w.dims();
-        let mut out = vec![plsc_ckpt::NamedTensor {
+        let mut out = vec![plsc_models::NamedTensor {
             name: "fc.weight".into(),
             shape: vec![i, o],
-            kind: plsc_ckpt::TensorKind::Param,
+            kind: plsc_models::TensorKind::Param,
             values: w.into_data().to_vec::<f32>().unwrap(),
         }];
         if let Some(b) = &self.fc.bias {
-            out.push(plsc_ckpt::NamedTensor {
+            out.push(plsc_models::NamedTensor {
                 name: "fc.bias".into(),
                 shape: vec![o],
-                kind: plsc_ckpt::TensorKind::Param,
+                kind: plsc_models::TensorKind::Param,
                 values: b.val().into_data().to_vec::<f32>().unwrap(),
             });
         }
@@ -113,7 +113,7 @@ impl<B: AutodiffBackend> TrainModel<B> for LinearNet<B> {
     }
     fn load_state_tensors(
         self,
-        tensors: &[plsc_ckpt::NamedTensor],
+        tensors: &[plsc_models::NamedTensor],
         label: &str,
     ) -> Result<Self, ModelError> {
         let find = |name: &str| {

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
+use plsc_data::decode::ImageSpec;
 use plsc_data::synth::{SynthOptions, synth_image};
-use plsc_eval::{BinPairs, ImageSpec, Normalize, PairSet, VerifyConfig};
+use plsc_eval::{BinPairs, PairSet, VerifyConfig};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -117,7 +118,12 @@ pub fn run(args: EvalBenchArgs) -> anyhow::Result<()> {
     };
     let mut set = None;
     let decode_ms = median_ms(args.repeats, || {
-        set = Some(PairSet::decode("bench", &pairs, ImageSpec::FACE_112, path)?);
+        set = Some(PairSet::decode(
+            "bench",
+            &pairs,
+            &ImageSpec::default(),
+            path,
+        )?);
         Ok(())
     })?;
     let set = set.context("no decode run")?;
@@ -125,7 +131,7 @@ pub fn run(args: EvalBenchArgs) -> anyhow::Result<()> {
     // Flipped NCHW batches of up to 128 images.
     let batch = set.images().min(128);
     let batch_ms = median_ms(args.repeats, || {
-        let b = set.batch_nchw(0..batch, true, Normalize::default());
+        let b = set.batch_nchw(0..batch, true);
         anyhow::ensure!(b.len() == batch * 3 * 112 * 112, "short batch");
         Ok(())
     })?;

@@ -1,11 +1,9 @@
 //! Shared helpers of the checkpoint tests: random heads and backbones, metadata.
 #![allow(dead_code)]
 
-use plsc_ckpt::{
-    CheckpointMeta, DataPosition, LrScheduleState, ModelSpec, NamedTensor, Seeds, TensorKind,
-    TrainingState,
-};
+use plsc_ckpt::{CheckpointMeta, DataPosition, LrScheduleState, ModelSpec, Seeds, TrainingState};
 use plsc_core::{HeadConfig, LossConfig, RowStore, ShardedHead};
+use plsc_models::{NamedTensor, TensorKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -44,9 +42,11 @@ pub fn random_heads(config: &HeadConfig, world: usize, seed: u64) -> Vec<Sharded
             let len = head.shard().len;
             let s = seed * 1000 + r as u64;
             let bias = head.bias().map(|_| values(len, s + 100));
-            head.set_weight(RowStore::Full(values(n, s)), bias).expect("shape");
+            head.set_weight(RowStore::Full(values(n, s)), bias)
+                .expect("shape");
             let bv = head.bias().map(|_| values(len, s + 200));
-            head.set_velocity(RowStore::Full(values(n, s + 300)), bv).expect("shape");
+            head.set_velocity(RowStore::Full(values(n, s + 300)), bv)
+                .expect("shape");
             head
         })
         .collect()
