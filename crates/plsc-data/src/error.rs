@@ -130,6 +130,14 @@ pub enum DataError {
         /// Why not.
         reason: String,
     },
+    /// An IDX file (MNIST layout) is malformed.
+    #[error("{}: {reason}", path.display())]
+    Idx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// An option or argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -8,6 +8,7 @@
 //! - [`shuffle`]: global shuffle-and-split over memory-mapped inputs.
 //! - [`recordio`]: MXNet RecordIO `.rec`/`.idx` (InsightFace's MS1M, Glint360K, WebFace).
 //! - [`import`], [`synth`], [`inspect`]: the data tools; [`folder`]: a folder of identities.
+//! - [`idx`]: IDX files (MNIST, Fashion-MNIST) and the class hold-out of `xtask import-idx`.
 //! - [`pairs`]: verification pair sets (half genuine, half impostor) from labelled images.
 //! - [`decode`], [`source`], [`stream`]: decoding, augmentation and per-rank batches.
 //! - [`resize`]: the aspect-ratio policy (`squash`, `pad`, `center-crop`) of every consumer.
@@ -16,6 +17,7 @@ pub mod decode;
 pub mod error;
 pub mod folder;
 pub mod format;
+pub mod idx;
 pub mod import;
 pub mod index;
 pub mod inspect;
