@@ -22,7 +22,7 @@ use crate::model::TrainModel;
 use crate::records::EvalRecord;
 use crate::resume::{Beginning, find_beginning};
 use crate::run_dir::{JsonLines, create_run_dir, write_atomically};
-use crate::trainer::{BatchIter, LocalBatch, Outputs, Plan, Start, Timings, train_rank};
+use crate::trainer::{BatchIter, LocalBatch, Outputs, RunPlan, Start, Timings, train_rank};
 use crate::val_sets::load_val_sets;
 
 /// The training backend on CPU.
@@ -593,15 +593,15 @@ fn checked_steps_per_epoch(entry: &Entry, stream: &BatchStream) -> Result<u64> {
 
 /// The run's plan after `steps_done` steps, with the data stream's own epoch length (every
 /// rank's stream has the same).
-fn plan_for(entry: &Entry, steps_per_epoch: u64, stream: &BatchStream, steps_done: u64) -> Plan {
-    Plan {
+fn plan_for(entry: &Entry, steps_per_epoch: u64, stream: &BatchStream, steps_done: u64) -> RunPlan {
+    RunPlan {
         data_steps_per_epoch: stream.steps_per_epoch().max(1),
-        ..Plan::new(entry, steps_per_epoch).starting_at(steps_done)
+        ..RunPlan::new(entry, steps_per_epoch).starting_at(steps_done)
     }
 }
 
 /// Where every rank's stream starts.
-fn data_position(plan: &Plan) -> Position {
+fn data_position(plan: &RunPlan) -> Position {
     let p = plan.data_position(plan.start_step);
     Position {
         epoch: p.epoch,
@@ -653,7 +653,7 @@ fn model_spec(entry: &Entry) -> plsc_ckpt::ModelSpec {
     }
 }
 
-fn log_start(entry: &Entry, plan: &Plan, run_dir: &Path, how: &str) {
+fn log_start(entry: &Entry, plan: &RunPlan, run_dir: &Path, how: &str) {
     tracing::info!(
         run_dir = %run_dir.display(),
         steps = plan.total_steps,
@@ -672,7 +672,7 @@ fn log_start(entry: &Entry, plan: &Plan, run_dir: &Path, how: &str) {
 /// the last checkpoint holds it) and `summary.json`.
 fn finish_run<B: AutodiffBackend>(
     entry: &Entry,
-    plan: &Plan,
+    plan: &RunPlan,
     run_dir: &Path,
     checkpoints: &Path,
     outcome: &crate::trainer::TrainOutcome<plsc_models::Backbone<B>>,

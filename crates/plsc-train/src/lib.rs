@@ -55,5 +55,5 @@ pub use model::TrainModel;
 pub use records::{EvalRecord, LogRecord};
 pub use schedule::{LrPolicy, LrSchedule};
 pub use trainer::{
-    BatchIter, LocalBatch, Outputs, Plan, Start, Timings, TrainOutcome, train, train_rank,
+    BatchIter, LocalBatch, Outputs, RunPlan, Start, Timings, TrainOutcome, train, train_rank,
 };

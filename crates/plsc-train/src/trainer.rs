@@ -62,9 +62,10 @@ pub struct LocalBatch {
 /// A rank's batches, in order.
 pub type BatchIter = Box<dyn Iterator<Item = Result<LocalBatch>> + Send>;
 
-/// How long the run is.
+/// How long the run is: its steps, where it starts, and the data stream's pass length
+/// (named apart from the head kernel's `plsc_core::cpu::Plan`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub struct RunPlan {
     /// Steps per epoch (global batches per pass over the data).
     pub steps_per_epoch: u64,
     /// Steps of the run.
@@ -76,7 +77,7 @@ pub struct Plan {
     pub data_steps_per_epoch: u64,
 }
 
-impl Plan {
+impl RunPlan {
     /// `entry.train_steps`, or `train_epochs * steps_per_epoch`, from step 0.
     pub fn new(entry: &Entry, steps_per_epoch: u64) -> Self {
         let steps_per_epoch = steps_per_epoch.max(1);
@@ -223,7 +224,7 @@ pub fn train<B, M, F>(
     entry: &Entry,
     base: &M,
     device: &B::Device,
-    plan: Plan,
+    plan: RunPlan,
     data: F,
     outputs: Outputs,
 ) -> Result<TrainOutcome<M>>
@@ -340,7 +341,7 @@ pub fn train_rank<B, M, C>(
     comm: &C,
     mut model: M,
     device: &B::Device,
-    plan: Plan,
+    plan: RunPlan,
     mut batches: BatchIter,
     outputs: Outputs,
 ) -> Result<TrainOutcome<M>>
@@ -763,7 +764,7 @@ fn save_checkpoint<B, M>(
     model: &M,
     optim: &SgdMomentumOptimizer<M, B>,
     scaler: Option<&LossScaler>,
-    plan: &Plan,
+    plan: &RunPlan,
     done: u64,
 ) -> Result<std::path::PathBuf>
 where

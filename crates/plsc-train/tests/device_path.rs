@@ -24,7 +24,7 @@ use plsc_comm::{
 };
 use plsc_core::{DeviceHead, DeviceUpdate, HeadConfig, ShardedHead, WeightUpdate};
 use plsc_train::device::PlacementChoice;
-use plsc_train::trainer::{Outputs, Plan, Start, train_rank};
+use plsc_train::trainer::{Outputs, RunPlan, Start, train_rank};
 use plsc_train::{Entry, TrainOutcome};
 
 const CLASSES: usize = 10_000;
@@ -190,7 +190,7 @@ fn run(
 ) -> TrainOutcome<LinearNet<B>> {
     let b = batches();
     let device = Default::default();
-    let plan = Plan {
+    let plan = RunPlan {
         steps_per_epoch: STEPS,
         total_steps: STEPS,
         start_step: from,

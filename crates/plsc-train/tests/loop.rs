@@ -5,13 +5,13 @@ mod common;
 use common::{
     B, DIM, GlobalBatch, LinearNet, PIXELS, rank_slices, small_entry as entry, synthetic,
 };
-use plsc_train::trainer::{Outputs, Plan, train};
+use plsc_train::trainer::{Outputs, RunPlan, train};
 use plsc_train::{Entry, LossScaleConfig, TrainOutcome};
 
 fn run(e: &Entry, batches: &[GlobalBatch]) -> TrainOutcome<LinearNet<B>> {
     let device = Default::default();
     let base = LinearNet::<B>::new(PIXELS, DIM, 7, &device);
-    let plan = Plan {
+    let plan = RunPlan {
         steps_per_epoch: batches.len() as u64,
         total_steps: e.train_steps.unwrap(),
         start_step: 0,

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{B, DIM, GlobalBatch, LinearNet, PIXELS, rank_slices, small_entry, synthetic};
-use plsc_train::trainer::{Outputs, Plan, train, train_rank};
+use plsc_train::trainer::{Outputs, RunPlan, train, train_rank};
 use plsc_train::{Entry, TrainOutcome};
 
 const STEPS: u64 = 20;
@@ -26,8 +26,8 @@ fn batches() -> Vec<GlobalBatch> {
     synthetic(STEPS as usize, 8, PIXELS, 10, 0.5, 11)
 }
 
-fn plan() -> Plan {
-    Plan {
+fn plan() -> RunPlan {
+    RunPlan {
         steps_per_epoch: STEPS,
         total_steps: STEPS,
         start_step: 0,

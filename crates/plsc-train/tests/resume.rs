@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{B, DIM, GlobalBatch, LinearNet, PIXELS, SIDE, rank_slices, small_entry, synthetic};
 use plsc_ckpt::Checkpoint;
-use plsc_train::trainer::{Outputs, Plan, Start, train};
+use plsc_train::trainer::{Outputs, RunPlan, Start, train};
 use plsc_train::{Entry, LossScaleConfig, TrainOutcome};
 
 const CLASSES: usize = 10;
@@ -48,7 +48,7 @@ fn run(
 ) -> TrainOutcome<LinearNet<B>> {
     let device = Default::default();
     let base = LinearNet::<B>::new(PIXELS, DIM, 7, &device);
-    let plan = Plan {
+    let plan = RunPlan {
         steps_per_epoch: batches.len() as u64,
         total_steps: e.train_steps.unwrap(),
         start_step: from,

@@ -6,7 +6,7 @@ mod common;
 
 use common::{B, rank_slices, synthetic};
 use plsc_models::{Backbone, BackboneConfig};
-use plsc_train::trainer::{Outputs, Plan, train};
+use plsc_train::trainer::{Outputs, RunPlan, train};
 use plsc_train::{Entry, TrainModel};
 
 const SIDE: usize = 28;
@@ -35,7 +35,7 @@ fn replicas_end_with_rank_0_running_statistics() {
         .with_train_steps(2)
         .with_lr_steps(vec![])
         .with_with_test(false);
-    let plan = Plan {
+    let plan = RunPlan {
         steps_per_epoch: 2,
         total_steps: 2,
         start_step: 0,

@@ -18,7 +18,7 @@ use crate::machine::machine_info;
 use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use plsc_train::trainer::{LocalBatch, Outputs, Plan, StepTiming, train};
+use plsc_train::trainer::{LocalBatch, Outputs, RunPlan, StepTiming, train};
 use plsc_train::{CpuBackend, Entry};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -284,7 +284,7 @@ fn timed_steps<B: AutodiffBackend>(
         entry,
         &backbone,
         device,
-        Plan {
+        RunPlan {
             steps_per_epoch: total,
             total_steps: total,
             start_step: 0,
