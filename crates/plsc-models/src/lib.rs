@@ -14,7 +14,8 @@
 //! - [`onnx`]: the inference graph as an ONNX model (opset 17).
 //! - [`grad`]: backward from the embedding with the head's gradient.
 //! - [`optim`]: SGD-momentum with PyTorch semantics; [`clip`]: global-norm clipping.
-//! - [`flex_conv`]: the convolutions' faster weight gradient on `Autodiff<Flex>` (CPU training).
+//! - [`flex_conv`]: the convolutions' faster weight gradient on `Autodiff<Flex>` (CPU training);
+//!   [`flex_norm`]: training-mode BatchNorm as one operation there.
 //! - Replicas: `clone()` shares BatchNorm running statistics (burn's `RunningState` is an
 //!   `Arc`); [`Backbone::fresh_replica`] does not.
 
@@ -23,6 +24,7 @@ pub mod clip;
 pub mod device;
 pub mod error;
 pub mod flex_conv;
+pub mod flex_norm;
 pub mod grad;
 pub mod iresnet;
 mod layers;

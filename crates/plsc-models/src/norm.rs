@@ -108,6 +108,20 @@ impl<B: Backend> BatchNorm<B> {
     }
 
     fn forward_train<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // One fused operation on the CPU training backend (`Autodiff<Flex>`, f32).
+        if let Some(out) =
+            crate::flex_norm::batch_norm(&x, &self.scale(), &self.bias.val(), self.epsilon)
+        {
+            let count = x.dims()[..].iter().product::<usize>() / x.dims()[1];
+            self.update_running(out.mean, out.var, count);
+            return out.output;
+        }
+        self.forward_train_composed(x)
+    }
+
+    /// Training-mode forward with burn's tensor operations, on any backend (the reference the
+    /// fused CPU operation, [`crate::flex_norm`], is tested against).
+    pub fn forward_train_composed<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let channels = dims[1];
         let count: usize = dims
@@ -132,15 +146,23 @@ impl<B: Backend> BatchNorm<B> {
         let centered = per_channel(x, None, Some(mean.clone().neg()));
         let var = reduce(centered.clone().square());
 
-        // Running statistics, PyTorch style: unbiased variance, momentum on the new value.
-        let device = centered.device();
+        self.update_running(mean, var.clone(), count);
+
+        let scale = self.scale() / var.add_scalar(self.epsilon).sqrt();
+        per_channel(centered, Some(scale), Some(self.bias.val()))
+    }
+
+    /// Running statistics, PyTorch style: the unbiased variance of the `count` values per
+    /// channel, momentum on the new value. `mean` and `var` (biased) are the batch's.
+    fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, count: usize) {
+        let device = mean.device();
         let unbias = if count > 1 {
             count as f64 / (count as f64 - 1.0)
         } else {
             1.0
         };
         let batch_mean = mean.detach();
-        let batch_var = var.clone().detach().mul_scalar(unbias);
+        let batch_var = var.detach().mul_scalar(unbias);
         let running_mean = self.running_mean.value_sync().to_device(&device);
         let running_var = self.running_var.value_sync().to_device(&device);
         self.running_mean.update(
@@ -151,9 +173,6 @@ impl<B: Backend> BatchNorm<B> {
             (running_var.mul_scalar(1.0 - self.momentum) + batch_var.mul_scalar(self.momentum))
                 .detach(),
         );
-
-        let scale = self.scale() / var.add_scalar(self.epsilon).sqrt();
-        per_channel(centered, Some(scale), Some(self.bias.val()))
     }
 
     /// A copy whose running statistics live in new storage (see [`crate::Backbone::fresh_replica`]).
