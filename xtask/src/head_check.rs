@@ -1,13 +1,12 @@
 //! `cargo xtask head-check`: run the sharded head on given tensors and write its loss and
 //! gradients, so users can compare plsc-rs with their PyTorch head on identical numbers.
-//! See docs/head-check.md.
+//! The step itself is plsc-core's (`plsc_core::check::check_head`); this command reads and
+//! writes the files. See docs/head-check.md.
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
-use plsc_comm::{Communicator, run_ranks};
-use plsc_core::{
-    HeadConfig, HeadError, HeadFloat, LossConfig, LossKind, RowStore, ShardedHead, WeightUpdate,
-};
+use plsc_core::check::{CheckInputs, CheckOutputs, check_head};
+use plsc_core::{HeadConfig, LossConfig, LossKind};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,15 +52,10 @@ pub struct HeadCheckArgs {
     seed: u64,
 }
 
+/// The file's tensors, and the float type they were written in.
 struct Inputs {
     dtype: Dtype,
-    rows: usize,
-    dim: usize,
-    classes: usize,
-    features: Vec<f64>,
-    labels: Vec<i64>,
-    weight: Vec<f64>,
-    bias: Option<Vec<f64>>,
+    check: CheckInputs,
 }
 
 fn floats(view: &TensorView<'_>, name: &str, file: &Path) -> anyhow::Result<Vec<f64>> {
@@ -148,13 +142,15 @@ fn read_inputs(path: &Path) -> anyhow::Result<Inputs> {
     };
     Ok(Inputs {
         dtype: f.dtype(),
-        rows,
-        dim,
-        classes,
-        features: floats(&f, "features", path)?,
-        labels,
-        weight: floats(&w, "weight", path)?,
-        bias,
+        check: CheckInputs {
+            rows,
+            dim,
+            classes,
+            features: floats(&f, "features", path)?,
+            labels,
+            weight: floats(&w, "weight", path)?,
+            bias,
+        },
     })
 }
 
@@ -178,79 +174,6 @@ fn loss_config(args: &HeadCheckArgs) -> anyhow::Result<LossConfig> {
     Ok(loss)
 }
 
-struct Outputs {
-    loss: f64,
-    grad_features: Vec<f64>,
-    grad_weight: Vec<f64>,
-    grad_bias: Option<Vec<f64>>,
-}
-
-fn run_head<T: HeadFloat>(
-    inp: &Inputs,
-    config: &HeadConfig,
-    ranks: usize,
-) -> anyhow::Result<Outputs> {
-    let d = inp.dim;
-    let results = run_ranks(ranks, |comm| {
-        let r = comm.rank();
-        let (lo, hi) = (inp.rows * r / ranks, inp.rows * (r + 1) / ranks);
-        let mut head = ShardedHead::<T>::new(config.clone(), r, ranks)?;
-        let s = head.shard();
-        let conv = |v: &[f64]| v.iter().map(|x| T::from_f64(*x)).collect::<Vec<T>>();
-        let bias = head.bias().map(|b| {
-            inp.bias
-                .as_ref()
-                .map_or_else(|| b.to_vec(), |given| conv(&given[s.start..s.end()]))
-        });
-        head.set_weight(
-            RowStore::Full(conv(&inp.weight[s.start * d..s.end() * d])),
-            bias,
-        )?;
-        let mut gw = vec![T::zero(); s.len * d];
-        let mut gb = head.bias().map(|b| vec![T::zero(); b.len()]);
-        let x = conv(&inp.features[lo * d..hi * d]);
-        let out = head.step(
-            &comm,
-            &x,
-            &inp.labels[lo..hi],
-            0,
-            WeightUpdate::Gradient {
-                weight: &mut gw,
-                bias: gb.as_deref_mut(),
-            },
-        )?;
-        let back = |v: &[T]| v.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
-        Ok::<_, HeadError>((
-            out.loss,
-            back(&out.grad_features),
-            back(&gw),
-            gb.map(|b| back(&b)),
-        ))
-    });
-    let mut parts = Vec::new();
-    for (r, res) in results.into_iter().enumerate() {
-        parts.push(res.with_context(|| format!("rank {r}"))?);
-    }
-    let sharded = config.loss.sharded;
-    let grad_features = parts.iter().flat_map(|p| p.1.clone()).collect();
-    // Sharded: each rank holds its classes' rows; replicated: every rank holds the summed whole.
-    let take = if sharded { parts.len() } else { 1 };
-    let grad_weight = parts.iter().take(take).flat_map(|p| p.2.clone()).collect();
-    let grad_bias = parts[0].3.as_ref().map(|_| {
-        parts
-            .iter()
-            .take(take)
-            .flat_map(|p| p.3.clone().unwrap_or_default())
-            .collect()
-    });
-    Ok(Outputs {
-        loss: parts[0].0,
-        grad_features,
-        grad_weight,
-        grad_bias,
-    })
-}
-
 fn encode(values: &[f64], dtype: Dtype) -> Vec<u8> {
     match dtype {
         Dtype::F32 => values
@@ -261,22 +184,26 @@ fn encode(values: &[f64], dtype: Dtype) -> Vec<u8> {
     }
 }
 
-fn write_outputs(path: &Path, out: &Outputs, inp: &Inputs) -> anyhow::Result<()> {
+fn write_outputs(path: &Path, out: &CheckOutputs, inp: &Inputs) -> anyhow::Result<()> {
     let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = vec![
         ("loss".into(), encode(&[out.loss], inp.dtype), vec![]),
         (
             "grad_features".into(),
             encode(&out.grad_features, inp.dtype),
-            vec![inp.rows, inp.dim],
+            vec![inp.check.rows, inp.check.dim],
         ),
         (
             "grad_weight".into(),
             encode(&out.grad_weight, inp.dtype),
-            vec![inp.classes, inp.dim],
+            vec![inp.check.classes, inp.check.dim],
         ),
     ];
     if let Some(gb) = &out.grad_bias {
-        tensors.push(("grad_bias".into(), encode(gb, inp.dtype), vec![inp.classes]));
+        tensors.push((
+            "grad_bias".into(),
+            encode(gb, inp.dtype),
+            vec![inp.check.classes],
+        ));
     }
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
@@ -294,14 +221,14 @@ pub fn run(args: HeadCheckArgs) -> anyhow::Result<()> {
     ensure!(args.ranks >= 1, "--ranks must be at least 1");
     let inp = read_inputs(&args.input)?;
     let loss = loss_config(&args)?;
-    let config = HeadConfig::new(inp.classes, inp.dim)
+    let config = HeadConfig::new(inp.check.classes, inp.check.dim)
         .with_loss(loss)
         .with_chunk_size(args.chunk)
         .with_sample_ratio(args.sample_ratio)
         .with_seed(args.seed);
     let out = match inp.dtype {
-        Dtype::F32 => run_head::<f32>(&inp, &config, args.ranks)?,
-        _ => run_head::<f64>(&inp, &config, args.ranks)?,
+        Dtype::F32 => check_head::<f32>(&inp.check, &config, args.ranks)?,
+        _ => check_head::<f64>(&inp.check, &config, args.ranks)?,
     };
     write_outputs(&args.output, &out, &inp)?;
     println!(
