@@ -2,7 +2,9 @@
 //!
 //! - `reshard --ckpt DIR --ranks M --out DIR2`: the checkpoint resharded for M ranks (head
 //!   weight and momentum rows re-split to plsc-core's balanced split, bit for bit, streamed
-//!   from memory-mapped files), written atomically as `DIR2/step-<n>/`.
+//!   from memory-mapped files), written atomically as `DIR2/step-<n>/`. With
+//!   `--head-storage f32|bf16|f16` the rows are converted to that storage type (round to
+//!   nearest); without it they keep the source's.
 //! - `export --ckpt DIR --out MODEL_DIR`: the backbone's weights and buffers plus `model.json`,
 //!   what plsc-serve and `xtask eval` load.
 //! - `export --ckpt DIR | --model MODEL_DIR --onnx FILE.onnx`: the backbone as an ONNX model
@@ -32,6 +34,13 @@ pub struct ReshardArgs {
     /// one checkpoint and never removes or replaces any (no pruning).
     #[arg(long, value_name = "DIR2")]
     out: PathBuf,
+    /// Store the head's weight and momentum as f32, bf16 or f16 in the new checkpoint
+    /// (default: as the source does). To f32 the values are exact; to bf16 or f16 each is
+    /// rounded to the nearest representable value (ties to even), and a value beyond f16's
+    /// range (65504) is an error. This is how a checkpoint is made to fit a run with another
+    /// `head_storage`: resuming never converts by itself.
+    #[arg(long, value_name = "STORAGE")]
+    head_storage: Option<plsc_core::HeadStorage>,
 }
 
 /// Runs `cargo xtask reshard`.
@@ -39,10 +48,24 @@ pub fn run_reshard(args: ReshardArgs) -> Result<()> {
     let src = Checkpoint::open_dir_or_latest(&args.ckpt)
         .with_context(|| format!("opening the checkpoint {}", args.ckpt.display()))?;
     let from = src.manifest().world_size;
-    let dir = plsc_ckpt::reshard(&src, args.ranks, &args.out)
-        .with_context(|| format!("resharding {} to {} ranks", src.dir().display(), args.ranks))?;
+    let (had, storage) = (
+        src.manifest().head.storage,
+        args.head_storage.unwrap_or(src.manifest().head.storage),
+    );
+    let dir = plsc_ckpt::reshard_as(&src, args.ranks, storage, &args.out).with_context(|| {
+        format!(
+            "resharding {} to {} ranks ({storage} head)",
+            src.dir().display(),
+            args.ranks
+        )
+    })?;
+    let converted = if had == storage {
+        format!("head stored as {storage}")
+    } else {
+        format!("head converted from {had} to {storage}, rounded to nearest")
+    };
     println!(
-        "resharded step {} ({} classes) from {from} to {} ranks: {}",
+        "resharded step {} ({} classes) from {from} to {} ranks, {converted}: {}",
         src.step(),
         src.manifest().num_classes,
         args.ranks,

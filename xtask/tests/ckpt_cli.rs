@@ -123,6 +123,55 @@ fn reshard_and_export_from_the_command_line() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // Converting the head's storage happens only with --head-storage (round to nearest).
+    let out16 = tmp.path().join("run-bf16");
+    let o = xtask(&[
+        "reshard",
+        "--ckpt",
+        root.to_str().unwrap(),
+        "--ranks",
+        "2",
+        "--head-storage",
+        "bf16",
+        "--out",
+        out16.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("converted from f32 to bf16"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let c16 = latest_valid(&out16)
+        .unwrap()
+        .expect("a converted checkpoint");
+    assert_eq!(c16.manifest().head.storage, plsc_core::HeadStorage::Bf16);
+    let rows = c16.load_head_range(0, 0, 30).unwrap();
+    let rounded = plsc_core::RowStore::from_f32_rounded(plsc_core::HeadStorage::Bf16, &want_m);
+    assert_eq!(rows.momentum.raw_bytes_le(), rounded.raw_bytes_le());
+    assert_eq!(
+        c3.manifest().head.storage,
+        plsc_core::HeadStorage::F32,
+        "kept without the flag"
+    );
+    let o = xtask(&[
+        "reshard",
+        "--ckpt",
+        root.to_str().unwrap(),
+        "--ranks",
+        "2",
+        "--head-storage",
+        "f64",
+        "--out",
+        tmp.path().join("bad64").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expected f32, bf16 or f16"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // Export the step directory.
     let step_dir = Checkpoint::open_dir_or_latest(&root)
         .unwrap()

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use plsc_comm::CommError;
-use plsc_core::HeadError;
+use plsc_core::{HeadError, HeadStorage};
 
 /// The error type of plsc-ckpt.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +59,13 @@ pub enum CkptError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    /// A tensor is not stored as f32.
-    #[error("{}: tensor `{tensor}` is {found}, expected F32", path.display())]
+    /// A tensor is stored in another dtype than expected (f32, or the head's storage type).
+    #[error("{}: tensor `{tensor}` is {found}, expected {expected}", path.display())]
     TensorDtype {
         path: PathBuf,
         tensor: String,
         found: String,
+        expected: String,
     },
     /// A setting of the checkpoint differs from the run's (class count, embedding size, loss).
     #[error("{}: {field} is {checkpoint} in the checkpoint but {expected} in this run", path.display())]
@@ -73,6 +74,27 @@ pub enum CkptError {
         field: &'static str,
         checkpoint: String,
         expected: String,
+    },
+    /// The checkpoint's head is stored in another type than the run's `head_storage`: nothing
+    /// converts silently. The run can take the checkpoint's storage, or the checkpoint can be
+    /// converted (round to nearest) by `xtask reshard --head-storage`.
+    #[error(
+        "{}: the head is stored as {checkpoint} in the checkpoint but this run's head_storage is \
+         {run}: set head_storage = \"{checkpoint}\" in the config (--head-storage {checkpoint}) \
+         to continue as it was saved, or convert the checkpoint with `cargo xtask reshard --ckpt \
+         {} --ranks <N> --head-storage {run} --out <DIR>` (rounds to nearest)",
+        path.display(),
+        dir.display()
+    )]
+    StorageMismatch {
+        /// The manifest.
+        path: PathBuf,
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The checkpoint's storage.
+        checkpoint: HeadStorage,
+        /// The run's storage.
+        run: HeadStorage,
     },
     /// The manifest is inconsistent (shard ranges, file list, version).
     #[error("{}: {detail}", path.display())]

@@ -9,8 +9,9 @@
 //!   training state (step, epoch, lr schedule, loss scale, data position, seeds) and the size
 //!   and sha256 of every other file;
 //! - `backbone.safetensors`: parameters, buffers and momentum (`momentum.<name>`);
-//! - `head.rank<r>.safetensors`: `weight` and `momentum` rows of rank r's classes (and `bias`,
-//!   `bias_momentum` for plain softmax).
+//! - `head.rank<r>.safetensors`: `weight` and `momentum` rows of rank r's classes in the head's
+//!   storage type (`head.storage`: F32, BF16 or F16; and `bias`, `bias_momentum` in f32 for
+//!   plain softmax).
 //!
 //! Saving: [`save`] (one process, every shard), [`save_rank`] (every rank its own shard,
 //! through a [`plsc_comm::Communicator`]), [`PendingCheckpoint`] (shard by shard).
@@ -19,8 +20,9 @@
 //! plsc-core's balanced split), [`Checkpoint::load_into_head`].
 //! Resuming: [`choose_resume`] (the newest checkpoint that verifies; damaged ones renamed to
 //! `step-<n>.damaged`, never deleted).
-//! Offline: [`reshard()`], [`export()`] / [`load_exported`], [`import()`] (an arcface_torch
-//! `.pth` or safetensors file as an export directory), [`export_onnx`] (ONNX, opset 17).
+//! Offline: [`reshard()`] (and [`reshard_as`], converting the head's storage type),
+//! [`export()`] / [`load_exported`], [`import()`] (an arcface_torch `.pth` or safetensors file
+//! as an export directory), [`export_onnx`] (ONNX, opset 17).
 //!
 //! The backbone is handled as a list of named f32 tensors, plsc-models' one model-state type
 //! ([`plsc_models::NamedTensor`], roles [`plsc_models::TensorKind`]), exactly what
@@ -40,6 +42,7 @@ pub mod manifest;
 pub mod onnx;
 mod reshard;
 pub mod resume;
+mod rows;
 mod save;
 mod st;
 mod tensor;
@@ -57,7 +60,7 @@ pub use manifest::{
     DataPosition, LossScaleState, LrScheduleState, Manifest, ModelSpec, Seeds, TrainingState,
 };
 pub use onnx::{OnnxExport, export_onnx};
-pub use reshard::reshard;
+pub use reshard::{reshard, reshard_as};
 pub use resume::{
     DAMAGED_SUFFIX, DamagedCheckpoint, ResumeChoice, RootListing, choose_resume, list_root,
 };

@@ -4,7 +4,9 @@
 //! Every file a load reads is checked first: its size and sha256 against the manifest, and its
 //! tensors' names, dtype and shapes against the manifest. [`Checkpoint::verify`] checks all of
 //! them at once. Head rows are copied out of memory-mapped files, one source shard range at a
-//! time, so only the rows asked for are ever in memory.
+//! time, so only the rows asked for are ever in memory, in the checkpoint's storage type
+//! (`head.storage`, bit for bit). A run whose head is stored in another type is refused
+//! ([`CkptError::StorageMismatch`]): conversion happens only on request, by [`crate::reshard_as`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use crate::manifest::{
     HEAD_BIAS, HEAD_BIAS_MOMENTUM, HEAD_MOMENTUM, HEAD_WEIGHT, MANIFEST_FILE, MOMENTUM_PREFIX,
     Manifest, ShardEntry,
 };
+use crate::rows::{self, RowsBuilder};
 use crate::save::has_bias;
 use crate::st::{MappedSt, digest_file};
 use crate::tensor::{NamedTensor, TensorKind, extend_f32_from_le};
@@ -39,10 +42,10 @@ pub struct HeadRows {
     pub shard: ClassShard,
     /// Embedding size `D`.
     pub embedding_size: usize,
-    /// Weight rows `[len, D]`.
-    pub weight: Vec<f32>,
-    /// Momentum rows `[len, D]`.
-    pub momentum: Vec<f32>,
+    /// Weight rows `[len, D]`, in the checkpoint's storage type.
+    pub weight: RowStore<f32>,
+    /// Momentum rows `[len, D]`, in the same storage type.
+    pub momentum: RowStore<f32>,
     /// Bias `[len]` (softmax only).
     pub bias: Option<Vec<f32>>,
     /// Bias momentum `[len]` (softmax only).
@@ -50,10 +53,25 @@ pub struct HeadRows {
 }
 
 impl HeadRows {
-    /// Puts these rows into `head` (which must own exactly this class range): the weight (and
-    /// bias), and with `with_momentum` the momentum too (resume; fine-tuning starts it at 0).
+    /// Puts these rows into `head` (which must own exactly this class range and store its rows
+    /// in the same type): the weight (and bias), and with `with_momentum` the momentum too
+    /// (resume; fine-tuning starts it at 0).
     pub fn apply_to(self, head: &mut ShardedHead<f32>, with_momentum: bool) -> Result<()> {
         let s = head.shard();
+        let storage = head.config().storage;
+        if self.weight.storage() != storage || self.momentum.storage() != storage {
+            return Err(CkptError::Invalid {
+                what: "head rows",
+                detail: format!(
+                    "rows stored as {} (momentum {}) do not fit the head of rank {}, stored as \
+                     {storage}: set the run's head_storage, or convert the checkpoint with \
+                     `cargo xtask reshard --head-storage {storage}`",
+                    self.weight.storage(),
+                    self.momentum.storage(),
+                    s.rank
+                ),
+            });
+        }
         if (s.start, s.len) != (self.shard.start, self.shard.len)
             || head.config().embedding_size != self.embedding_size
         {
@@ -71,9 +89,9 @@ impl HeadRows {
                 ),
             });
         }
-        head.set_weight(RowStore::Full(self.weight), self.bias)?;
+        head.set_weight(self.weight, self.bias)?;
         if with_momentum {
-            head.set_velocity(RowStore::Full(self.momentum), self.bias_momentum)?;
+            head.set_velocity(self.momentum, self.bias_momentum)?;
         }
         Ok(())
     }
@@ -178,8 +196,9 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Checks the class count and embedding size of `head` (the run's settings) against the
-    /// checkpoint's. The loss may differ (fine-tuning with another margin is allowed).
+    /// Checks the class count, embedding size and head storage of `head` (the run's settings)
+    /// against the checkpoint's. The loss may differ (fine-tuning with another margin is
+    /// allowed); another storage type is [`CkptError::StorageMismatch`].
     pub fn check_head_config(&self, head: &HeadConfig) -> Result<()> {
         let m = &self.manifest;
         let path = self.dir.join(MANIFEST_FILE);
@@ -198,6 +217,14 @@ impl Checkpoint {
                 m.embedding_size,
                 head.embedding_size,
             ));
+        }
+        if m.head.storage != head.storage {
+            return Err(CkptError::StorageMismatch {
+                path,
+                dir: self.dir.clone(),
+                checkpoint: m.head.storage,
+                run: head.storage,
+            });
         }
         if has_bias(&m.head) != has_bias(head) {
             return Err(CkptError::Mismatch {
@@ -270,8 +297,9 @@ impl Checkpoint {
         self.verify_file(&s.file)?;
         let st = MappedSt::open(&self.dir.join(&s.file))?;
         let d = self.manifest.embedding_size;
-        st.f32_tensor_shaped(HEAD_WEIGHT, &[s.len, d])?;
-        st.f32_tensor_shaped(HEAD_MOMENTUM, &[s.len, d])?;
+        let dtype = rows::dtype(self.manifest.head.storage);
+        st.tensor_shaped(HEAD_WEIGHT, dtype, &[s.len, d])?;
+        st.tensor_shaped(HEAD_MOMENTUM, dtype, &[s.len, d])?;
         if has_bias(&self.manifest.head) {
             st.f32_tensor_shaped(HEAD_BIAS, &[s.len])?;
             st.f32_tensor_shaped(HEAD_BIAS_MOMENTUM, &[s.len])?;
@@ -465,20 +493,22 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The head rows of classes `[start, start + len)`, whatever ranks wrote them; the result
-    /// is labelled with `rank`.
+    /// The head rows of classes `[start, start + len)`, whatever ranks wrote them, in the
+    /// checkpoint's storage type; the result is labelled with `rank`.
     pub fn load_head_range(&self, rank: usize, start: usize, len: usize) -> Result<HeadRows> {
         let d = self.manifest.embedding_size;
         let bias = has_bias(&self.manifest.head);
-        let mut weight = Vec::with_capacity(len * d);
-        let mut momentum = Vec::with_capacity(len * d);
+        let storage = self.manifest.head.storage;
+        let (dtype, width) = (rows::dtype(storage), d * storage.bytes());
+        let mut weight = RowsBuilder::new(storage, len * d);
+        let mut momentum = RowsBuilder::new(storage, len * d);
         let mut b = bias.then(|| Vec::with_capacity(len));
         let mut bm = bias.then(|| Vec::with_capacity(len));
         self.for_each_source(start, len, |st, row, rows| {
-            let (_, w) = st.f32_tensor(HEAD_WEIGHT)?;
-            extend_f32_from_le(&mut weight, &w[row * d * 4..(row + rows) * d * 4]);
-            let (_, m) = st.f32_tensor(HEAD_MOMENTUM)?;
-            extend_f32_from_le(&mut momentum, &m[row * d * 4..(row + rows) * d * 4]);
+            let (_, w) = st.tensor(HEAD_WEIGHT, dtype)?;
+            weight.extend_le(&w[row * width..(row + rows) * width])?;
+            let (_, m) = st.tensor(HEAD_MOMENTUM, dtype)?;
+            momentum.extend_le(&m[row * width..(row + rows) * width])?;
             if let (Some(b), Some(bm)) = (b.as_mut(), bm.as_mut()) {
                 let (_, x) = st.f32_tensor(HEAD_BIAS)?;
                 extend_f32_from_le(b, &x[row * 4..(row + rows) * 4]);
@@ -490,8 +520,8 @@ impl Checkpoint {
         Ok(HeadRows {
             shard: ClassShard { rank, start, len },
             embedding_size: d,
-            weight,
-            momentum,
+            weight: weight.finish(),
+            momentum: momentum.finish(),
             bias: b,
             bias_momentum: bm,
         })

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use plsc_core::{ClassShard, HeadConfig};
+use plsc_core::{ClassShard, HeadConfig, HeadStorage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CkptError, Result, io_err};
@@ -291,7 +291,9 @@ pub struct Manifest {
     pub embedding_size: usize,
     /// Ranks of the run that wrote it (`N`).
     pub world_size: usize,
-    /// The head's settings: loss and margins, sharding, sampling ratio, seed, optimiser.
+    /// The head's settings: loss and margins, sharding, sampling ratio, seed, optimiser, and
+    /// `storage`, the type the head files store weight and momentum in (`f32`, `bf16`, `f16`;
+    /// absent in older manifests, which read as `f32`).
     pub head: HeadConfig,
     /// The backbone's architecture and input (absent for head-only checkpoints).
     #[serde(default)]
@@ -322,13 +324,20 @@ impl Manifest {
         }
     }
 
-    /// Reads and validates `path`.
+    /// Reads and validates `path`. A manifest written before the head's storage type existed
+    /// (no `head.storage`) reads as f32, what every head was then.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read(path).map_err(io_err(path))?;
-        let manifest: Self = serde_json::from_slice(&text).map_err(|source| CkptError::Json {
+        let json_err = |source| CkptError::Json {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut value: serde_json::Value = serde_json::from_slice(&text).map_err(json_err)?;
+        if let Some(head) = value.get_mut("head").and_then(|h| h.as_object_mut()) {
+            head.entry("storage")
+                .or_insert_with(|| HeadStorage::F32.name().into());
+        }
+        let manifest: Self = serde_json::from_value(value).map_err(json_err)?;
         manifest.validate(path)?;
         Ok(manifest)
     }

@@ -2,10 +2,18 @@
 //!
 //! Each output shard streams its rows straight from the memory-mapped source files into the
 //! new file (weight rows, then momentum rows, then bias): bytes are copied, never converted,
-//! so every row is preserved bit for bit, and no shard is ever held in memory (the mapped
-//! pages are file cache, not anonymous memory). The backbone file is copied unchanged.
+//! so every row is preserved bit for bit in the source's storage type (`head.storage`), and no
+//! shard is ever held in memory (the mapped pages are file cache, not anonymous memory). The
+//! backbone file is copied unchanged.
+//!
+//! Converting the head's storage type happens only on request ([`reshard_as`], `xtask reshard
+//! --head-storage`): weight and momentum are converted a piece at a time, exactly to f32 and
+//! rounded to the nearest value (ties to even) to bf16 or f16; a finite value beyond f16's
+//! range is an error, not an infinity. Bias and its momentum stay f32.
 
 use std::path::{Path, PathBuf};
+
+use plsc_core::HeadStorage;
 
 use crate::error::{CkptError, Result, io_err};
 use crate::layout::step_dir_name;
@@ -13,6 +21,7 @@ use crate::load::Checkpoint;
 use crate::manifest::{
     HEAD_BIAS, HEAD_BIAS_MOMENTUM, HEAD_MOMENTUM, HEAD_WEIGHT, Manifest, head_file,
 };
+use crate::rows::{ConvertTarget, convert_le};
 use crate::save::{
     CheckpointMeta, PendingCheckpoint, SaveOptions, has_bias, head_metadata, head_tensor_specs,
 };
@@ -28,10 +37,24 @@ use crate::st::{StWriter, digest_file};
 /// source's root or the source checkpoint itself or lies inside it. A failed reshard removes
 /// its partial directory and the folders it created.
 pub fn reshard(src: &Checkpoint, world_size: usize, out_root: &Path) -> Result<PathBuf> {
+    reshard_as(src, world_size, src.manifest().head.storage, out_root)
+}
+
+/// [`reshard`] with the head's weight and momentum stored as `storage` in the new checkpoint:
+/// the same as [`reshard`] when it is the source's, else converted (exact to f32, round to
+/// nearest even to bf16 or f16; a value beyond f16's range is an error naming its class).
+pub fn reshard_as(
+    src: &Checkpoint,
+    world_size: usize,
+    storage: HeadStorage,
+    out_root: &Path,
+) -> Result<PathBuf> {
     src.verify()?;
     let m = src.manifest();
+    let mut head = m.head.clone();
+    head.storage = storage;
     let meta = CheckpointMeta {
-        head: m.head.clone(),
+        head,
         world_size,
         model: m.model.clone(),
         training: m.training.clone(),
@@ -58,7 +81,7 @@ pub fn reshard(src: &Checkpoint, world_size: usize, out_root: &Path) -> Result<P
     };
     let tmp = pending.tmp_dir().to_path_buf();
     // Never prunes: keep_last 0 keeps every checkpoint of the root.
-    let done = match write_shards(src, &tmp, &mut pending) {
+    let done = match write_shards(src, storage, &tmp, &mut pending) {
         Ok(()) => pending.commit(SaveOptions { keep_last: 0 }),
         Err(e) => {
             pending.abandon();
@@ -74,8 +97,14 @@ pub fn reshard(src: &Checkpoint, world_size: usize, out_root: &Path) -> Result<P
     done
 }
 
-/// Copies the backbone and writes every new head shard into `tmp`.
-fn write_shards(src: &Checkpoint, tmp: &Path, pending: &mut PendingCheckpoint) -> Result<()> {
+/// Copies the backbone and writes every new head shard into `tmp`, weight and momentum stored
+/// as `storage`.
+fn write_shards(
+    src: &Checkpoint,
+    storage: HeadStorage,
+    tmp: &Path,
+    pending: &mut PendingCheckpoint,
+) -> Result<()> {
     let m = src.manifest();
     if let Some(b) = &m.backbone {
         let from = src.dir().join(&b.file);
@@ -99,23 +128,40 @@ fn write_shards(src: &Checkpoint, tmp: &Path, pending: &mut PendingCheckpoint) -
     }
     let d = m.embedding_size;
     let bias = has_bias(&m.head);
+    let (from, to) = (m.head.storage, storage);
     for s in Manifest::expected_shards(&m.head, pending.world_size())? {
         let name = head_file(s.rank);
         let path = tmp.join(&name);
-        let mut w = StWriter::create(
+        let mut w = StWriter::create_typed(
             &path,
-            &head_tensor_specs(s.len, d, bias),
+            &head_tensor_specs(s.len, d, bias, to),
             Some(head_metadata(s, m.num_classes)),
         )?;
-        let mut tensors = vec![(HEAD_WEIGHT, d), (HEAD_MOMENTUM, d)];
+        // (tensor, values per row, stored type in the source, whether it follows the storage)
+        let mut tensors = vec![(HEAD_WEIGHT, d, from, true), (HEAD_MOMENTUM, d, from, true)];
         if bias {
-            tensors.push((HEAD_BIAS, 1));
-            tensors.push((HEAD_BIAS_MOMENTUM, 1));
+            tensors.push((HEAD_BIAS, 1, HeadStorage::F32, false));
+            tensors.push((HEAD_BIAS_MOMENTUM, 1, HeadStorage::F32, false));
         }
-        for (tensor, width) in tensors {
+        for (tensor, width, stored, converts) in tensors {
+            let row_bytes = width * stored.bytes();
+            let mut class = s.start;
             src.for_each_source(s.start, s.len, |st, row, rows| {
-                let (_, bytes) = st.f32_tensor(tensor)?;
-                w.write(&bytes[row * width * 4..(row + rows) * width * 4])
+                let (_, bytes) = st.tensor(tensor, crate::rows::dtype(stored))?;
+                let bytes = &bytes[row * row_bytes..(row + rows) * row_bytes];
+                let first_class = class;
+                class += rows;
+                if converts && from != to {
+                    let at = ConvertTarget {
+                        file: &name,
+                        tensor,
+                        first_class,
+                        width,
+                    };
+                    convert_le(from, to, bytes, &at, |b| w.write(b))
+                } else {
+                    w.write(bytes)
+                }
             })?;
         }
         let digest = w.finish()?;

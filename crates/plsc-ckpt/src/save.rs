@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use plsc_comm::{CommExt, Communicator};
 use plsc_core::{ClassShard, HeadConfig, HeadStorage, LossKind, RowStore, ShardedHead};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CkptError, Result, io_err};
@@ -165,15 +166,22 @@ pub(crate) fn write_backbone_file(
     ))
 }
 
-/// The tensors of a head file: names and shapes, in file order.
-pub(crate) fn head_tensor_specs(len: usize, dim: usize, bias: bool) -> Vec<(String, Vec<usize>)> {
+/// The tensors of a head file: names, shapes and dtypes, in file order (weight and momentum in
+/// the head's storage type, the bias of plain softmax and its momentum in f32).
+pub(crate) fn head_tensor_specs(
+    len: usize,
+    dim: usize,
+    bias: bool,
+    storage: HeadStorage,
+) -> Vec<(String, Vec<usize>, Dtype)> {
+    let rows = crate::rows::dtype(storage);
     let mut specs = vec![
-        (HEAD_WEIGHT.to_string(), vec![len, dim]),
-        (HEAD_MOMENTUM.to_string(), vec![len, dim]),
+        (HEAD_WEIGHT.to_string(), vec![len, dim], rows),
+        (HEAD_MOMENTUM.to_string(), vec![len, dim], rows),
     ];
     if bias {
-        specs.push((HEAD_BIAS.to_string(), vec![len]));
-        specs.push((HEAD_BIAS_MOMENTUM.to_string(), vec![len]));
+        specs.push((HEAD_BIAS.to_string(), vec![len], Dtype::F32));
+        specs.push((HEAD_BIAS_MOMENTUM.to_string(), vec![len], Dtype::F32));
     }
     specs
 }
@@ -251,25 +259,28 @@ pub(crate) fn write_head_file(
             });
         }
     };
-    let name = head_file(s.shard.rank);
-    let path = dir.join(&name);
-    let mut w = StWriter::create(
-        &path,
-        &head_tensor_specs(s.shard.len, d, bias),
-        Some(head_metadata(s.shard, meta.head.num_classes)),
-    )?;
-    if s.weight.storage() != HeadStorage::F32 || s.momentum.storage() != HeadStorage::F32 {
+    let storage = meta.head.storage;
+    if s.weight.storage() != storage || s.momentum.storage() != storage {
         return Err(CkptError::Invalid {
             what: "head shard",
             detail: format!(
-                "rank {}: head storage {} cannot be written yet: train with head_storage = \"f32\"",
+                "rank {}: weight stored as {}, momentum as {}, but the head's settings say {storage}",
                 s.shard.rank,
-                s.weight.storage()
+                s.weight.storage(),
+                s.momentum.storage()
             ),
         });
     }
-    w.write(&s.weight.raw_bytes_le())?;
-    w.write(&s.momentum.raw_bytes_le())?;
+    let name = head_file(s.shard.rank);
+    let path = dir.join(&name);
+    let mut w = StWriter::create_typed(
+        &path,
+        &head_tensor_specs(s.shard.len, d, bias, storage),
+        Some(head_metadata(s.shard, meta.head.num_classes)),
+    )?;
+    // In pieces: the rows are never copied whole (a shard can be most of the memory).
+    crate::rows::write_rows(s.weight, |b| w.write(b))?;
+    crate::rows::write_rows(s.momentum, |b| w.write(b))?;
     if let Some((b, bm)) = biases {
         w.write(&f32_bytes(b))?;
         w.write(&f32_bytes(bm))?;

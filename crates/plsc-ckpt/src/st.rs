@@ -56,8 +56,9 @@ impl HashingWriter {
     }
 }
 
-/// Streams one safetensors file of f32 tensors: declare the tensors, then write their bytes in
-/// the declared order, then [`StWriter::finish`] (which checks the byte count and syncs).
+/// Streams one safetensors file: declare the tensors (f32, or the head's 16-bit storage), then
+/// write their bytes in the declared order, then [`StWriter::finish`] (which checks the byte
+/// count and syncs).
 pub(crate) struct StWriter {
     path: PathBuf,
     out: HashingWriter,
@@ -73,18 +74,31 @@ impl StWriter {
         tensors: &[(String, Vec<usize>)],
         metadata: Option<HashMap<String, String>>,
     ) -> Result<Self> {
+        let typed: Vec<(String, Vec<usize>, Dtype)> = tensors
+            .iter()
+            .map(|(name, shape)| (name.clone(), shape.clone(), Dtype::F32))
+            .collect();
+        Self::create_typed(path, &typed, metadata)
+    }
+
+    /// [`Self::create`] for tensors of any fixed-width dtype (name, shape, dtype).
+    pub(crate) fn create_typed(
+        path: &Path,
+        tensors: &[(String, Vec<usize>, Dtype)],
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<Self> {
         let bad = |detail: String| CkptError::Safetensors {
             path: path.to_path_buf(),
             detail,
         };
         let mut offset = 0usize;
         let mut infos = Vec::with_capacity(tensors.len());
-        for (name, shape) in tensors {
-            let n = shape.iter().product::<usize>() * 4;
+        for (name, shape, dtype) in tensors {
+            let n = shape.iter().product::<usize>() * dtype.bitsize() / 8;
             infos.push((
                 name.clone(),
                 TensorInfo {
-                    dtype: Dtype::F32,
+                    dtype: *dtype,
                     shape: shape.clone(),
                     data_offsets: (offset, offset + n),
                 },
@@ -113,7 +127,7 @@ impl StWriter {
         })
     }
 
-    /// Appends tensor bytes (little-endian f32), continuing where the last call stopped.
+    /// Appends tensor bytes (little-endian), continuing where the last call stopped.
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if self.data_bytes + bytes.len() as u64 > self.expected_data_bytes {
             return Err(CkptError::Invalid {
@@ -229,6 +243,11 @@ impl MappedSt {
 
     /// Shape and little-endian f32 bytes of `name`; errors if it is missing or not f32.
     pub(crate) fn f32_tensor(&self, name: &str) -> Result<(&[usize], &[u8])> {
+        self.tensor(name, Dtype::F32)
+    }
+
+    /// Shape and little-endian bytes of `name`; errors if it is missing or not `dtype`.
+    pub(crate) fn tensor(&self, name: &str, dtype: Dtype) -> Result<(&[usize], &[u8])> {
         let info = self
             .meta
             .info(name)
@@ -236,11 +255,12 @@ impl MappedSt {
                 path: self.path.clone(),
                 tensor: name.to_string(),
             })?;
-        if info.dtype != Dtype::F32 {
+        if info.dtype != dtype {
             return Err(CkptError::TensorDtype {
                 path: self.path.clone(),
                 tensor: name.to_string(),
                 found: format!("{:?}", info.dtype),
+                expected: format!("{dtype:?}"),
             });
         }
         let (s, e) = info.data_offsets;
@@ -252,7 +272,17 @@ impl MappedSt {
 
     /// Like [`Self::f32_tensor`], and checks the shape against `expected`.
     pub(crate) fn f32_tensor_shaped(&self, name: &str, expected: &[usize]) -> Result<&[u8]> {
-        let (shape, bytes) = self.f32_tensor(name)?;
+        self.tensor_shaped(name, Dtype::F32, expected)
+    }
+
+    /// Like [`Self::tensor`], and checks the shape against `expected`.
+    pub(crate) fn tensor_shaped(
+        &self,
+        name: &str,
+        dtype: Dtype,
+        expected: &[usize],
+    ) -> Result<&[u8]> {
+        let (shape, bytes) = self.tensor(name, dtype)?;
         if shape != expected {
             return Err(CkptError::TensorShape {
                 path: self.path.clone(),

@@ -112,8 +112,8 @@ fn check_exact(c: &Checkpoint, base: &[ShardedHead<f32>]) {
         let mut v = Vec::new();
         for r in 0..m {
             let rows = c.load_head_shard(m, r).unwrap();
-            w.extend(rows.weight);
-            v.extend(rows.momentum);
+            w.extend(rows.weight.to_vec_f32());
+            v.extend(rows.momentum.to_vec_f32());
         }
         assert_eq!(
             bits(&w),

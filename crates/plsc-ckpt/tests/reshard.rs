@@ -144,8 +144,8 @@ fn check_reload(config: &HeadConfig) {
             let rows = ckpt.load_head_shard(m, r).unwrap();
             let want = plsc_core::ClassShard::for_rank(config.num_classes, m, r).unwrap();
             assert_eq!(rows.shard, want);
-            loaded[0].extend(rows.weight);
-            loaded[1].extend(rows.momentum);
+            loaded[0].extend(rows.weight.to_vec_f32());
+            loaded[1].extend(rows.momentum.to_vec_f32());
             loaded[2].extend(rows.bias.unwrap_or_default());
             loaded[3].extend(rows.bias_momentum.unwrap_or_default());
         }
@@ -228,7 +228,7 @@ fn offline_reshard_is_exact_and_round_trips_to_identical_files() {
     for r in 0..3 {
         let s = &c3.manifest().shards[r];
         let rows = c3.load_head_range(r, s.start, s.len).unwrap();
-        rows3.extend(rows.weight);
+        rows3.extend(rows.weight.to_vec_f32());
     }
     assert_eq!(bits(&rows3), bits(&original[0]));
 
@@ -282,8 +282,14 @@ fn replicated_head_is_saved_once_and_loads_whole_on_any_rank_count() {
     assert_eq!(ckpt.manifest().files.len(), 2, "backbone and one head file");
     for world in [1, 3] {
         let rows = ckpt.load_head_shard(world, world - 1).unwrap();
-        assert_eq!(bits(&rows.weight), bits(&heads[0].weight().to_vec()));
-        assert_eq!(bits(&rows.momentum), bits(&heads[0].velocity().to_vec()));
+        assert_eq!(
+            bits(&rows.weight.to_vec_f32()),
+            bits(&heads[0].weight().to_vec())
+        );
+        assert_eq!(
+            bits(&rows.momentum.to_vec_f32()),
+            bits(&heads[0].velocity().to_vec())
+        );
     }
 }
 

@@ -204,10 +204,10 @@ impl<B: Backend> RankHead<B> {
                 ckpt.check_head_config(h.config())?;
                 let s = h.shard();
                 let rows = ckpt.load_head_range(s.rank, s.start, s.len)?;
-                h.set_weight(RowStore::Full(rows.weight), rows.bias)
+                h.set_weight(rows.weight, rows.bias)
                     .map_err(plsc_ckpt::CkptError::from)?;
                 if with_momentum {
-                    h.set_velocity(RowStore::Full(rows.momentum), rows.bias_momentum)
+                    h.set_velocity(rows.momentum, rows.bias_momentum)
                         .map_err(plsc_ckpt::CkptError::from)?;
                 }
                 Ok(())
