@@ -61,6 +61,13 @@ def allocator():
 
 ALLOCATOR = allocator() if __name__ == "__main__" else None
 
+# PyTorch's OpenMP threads spin while they wait for work (libgomp's OMP_WAIT_POLICY=ACTIVE
+# by default). On a machine whose cores other processes share, the spinning threads take the
+# cores from the ones with work: measured here at 2-3x fewer images/s than with PASSIVE
+# (iresnet_tiny 64x64, load average 7 on 2 cores). Our rayon threads sleep when idle, so the
+# peer sleeps too, unless the caller sets OMP_WAIT_POLICY; the report says which.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch  # noqa: E402  (after the re-exec above)
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -209,6 +216,7 @@ def common_report(args, times):
         "step_seconds_all": times,
         "torch": torch.__version__,
         "allocator": ALLOCATOR,
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "host": platform.node(),
     }
 
