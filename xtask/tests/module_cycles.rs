@@ -277,16 +277,17 @@ fn crate_sources(src: &Path) -> (Vec<Source>, String) {
     (sources, std::fs::read_to_string(root_file).unwrap())
 }
 
-/// Cycles left to break, each in files another change is editing (issue #17 lists them):
-/// `(crate, modules on the cycle)`. The test fails on any cycle not listed here, and on a listed
-/// one that is gone (take it off the list).
+/// Cycles allowed for now, each in files another change is editing: `(crate, modules on the
+/// cycle)`. The test fails on any cycle not listed here, and on a listed one that is gone (take
+/// it off the list). plsc-ckpt's load no longer uses save (`has_bias` is the file layout's,
+/// `layout.rs`), and plsc-models' state and pytorch both take the format sniffing from
+/// `format.rs`. Left: two in plsc-core's half-precision head storage (#19, being written).
 const KNOWN: &[(&str, &[&str])] = &[
-    // plsc-ckpt: load uses save's has_bias; save verifies through load and sets damaged steps
-    // aside through resume, which opens checkpoints through load (#16's files).
-    ("plsc-ckpt", &["load", "save"]),
-    ("plsc-ckpt", &["load", "resume", "save"]),
-    // plsc-models: state sniffs the PyTorch format, pytorch builds state's entries (#15's files).
-    ("plsc-models", &["pytorch", "state"]),
+    // plsc-core: HeadError names a HeadStorage (error -> storage), storage returns HeadError and
+    // prefetches through the CPU kernel's rows (storage -> error, storage -> cpu), and the
+    // kernel reaches error through margin and loss.
+    ("plsc-core", &["error", "storage"]),
+    ("plsc-core", &["cpu", "error", "loss", "margin", "storage"]),
 ];
 
 #[test]

@@ -66,3 +66,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|f| f.sync_all())
         .map_err(io_err(dir))
 }
+
+/// Whether the head files of a head of these settings hold a bias (`bias`, `bias_momentum`):
+/// plain softmax has one, margin losses have none.
+pub(crate) fn has_bias(head: &plsc_core::HeadConfig) -> bool {
+    head.loss.kind == plsc_core::LossKind::Softmax
+}

@@ -16,13 +16,12 @@ use plsc_comm::{CommExt, Communicator};
 use plsc_core::{ClassShard, HeadConfig, RowStore, ShardedHead};
 
 use crate::error::{CkptError, Result};
-use crate::layout::{list_checkpoints, step_dir_name};
+use crate::layout::{has_bias, list_checkpoints, step_dir_name};
 use crate::manifest::{
     HEAD_BIAS, HEAD_BIAS_MOMENTUM, HEAD_MOMENTUM, HEAD_WEIGHT, MANIFEST_FILE, MOMENTUM_PREFIX,
     Manifest, ShardEntry,
 };
 use crate::rows::{self, RowsBuilder};
-use crate::save::has_bias;
 use crate::st::{MappedSt, digest_file};
 use crate::tensor::{NamedTensor, TensorKind, extend_f32_from_le};
 

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use plsc_comm::{CommExt, Communicator};
-use plsc_core::{ClassShard, HeadConfig, HeadStorage, LossKind, RowStore, ShardedHead};
+use plsc_core::{ClassShard, HeadConfig, HeadStorage, RowStore, ShardedHead};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
@@ -203,10 +203,8 @@ pub(crate) fn head_metadata(shard: ClassShard, num_classes: usize) -> HashMap<St
     )])
 }
 
-/// Whether a head of these settings has a bias.
-pub(crate) fn has_bias(head: &HeadConfig) -> bool {
-    head.loss.kind == LossKind::Softmax
-}
+// Whether a head's file holds a bias: the file layout's rule (load reads it there too).
+pub(crate) use crate::layout::has_bias;
 
 /// Writes `head.rank<r>.safetensors` into `dir` after checking the shard against `meta`.
 pub(crate) fn write_head_file(

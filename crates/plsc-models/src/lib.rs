@@ -25,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod flex_conv;
 pub mod flex_norm;
+mod format;
 pub mod grad;
 pub mod iresnet;
 mod layers;
@@ -38,7 +39,7 @@ pub mod registry;
 pub mod state;
 
 pub use error::{ModelError, Result};
-pub use pytorch::StateFormat;
+pub use format::StateFormat;
 pub use registry::{
     ARCFACE_TORCH_ALIASES, Architecture, Backbone, BackboneConfig, MODEL_NAMES, Network,
     Suggestion, resolve_name, suggest_architecture,

@@ -13,62 +13,14 @@
 //! whatever their element type. Float tensors of any width (f16, bf16, f32, f64) are read as
 //! f32; any other integer or boolean tensor is an [`ModelError::UnsupportedDtype`] naming it.
 
-use std::io::Read;
 use std::path::Path;
 
 use burn::tensor::DType;
 use burn_store::pytorch::PytorchReader;
 
 use crate::error::{ModelError, Result};
+use crate::format::StateFormat;
 use crate::state::{NamedTensor, TensorKind, ignored_key};
-
-/// The format of a state file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StateFormat {
-    /// PyTorch's `torch.save`: a zip archive (PyTorch >= 1.6) or the legacy pickle.
-    PyTorch,
-    /// safetensors.
-    Safetensors,
-}
-
-impl StateFormat {
-    /// The format the first bytes of a file show: a zip signature (`PK\x03\x04`) or a pickle
-    /// protocol opcode (`\x80`) is PyTorch's; anything else is taken for safetensors, whose
-    /// parser then names what is wrong.
-    pub fn sniff(head: &[u8]) -> Self {
-        if head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80) {
-            Self::PyTorch
-        } else {
-            Self::Safetensors
-        }
-    }
-
-    /// The format of the file at `path`, from its first bytes.
-    pub fn of_file(path: &Path) -> Result<Self> {
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut head = [0u8; 4];
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut n = 0;
-        while n < head.len() {
-            match file.read(&mut head[n..]).map_err(io)? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        Ok(Self::sniff(&head[..n]))
-    }
-
-    /// Lower-case name for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::PyTorch => "PyTorch (torch.save)",
-            Self::Safetensors => "safetensors",
-        }
-    }
-}
 
 /// Reads the tensors of a state file of either format (told by its first bytes), in name
 /// order, as f32, `num_batches_tracked` left out: [`read_pytorch`] or

@@ -9,9 +9,9 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::{ModelError, Result};
+use crate::format::StateFormat;
 use crate::iresnet::{IResNet, IResNetConfig};
 use crate::mobilefacenet::{MobileFaceNet, MobileFaceNetConfig};
-use crate::pytorch::StateFormat;
 use crate::state::{
     NamedTensor, StateEntry, StateReader, StateWriter, TensorKind, TorchState, read_file,
     to_safetensors_bytes, write_atomically,

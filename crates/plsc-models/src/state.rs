@@ -24,6 +24,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::format::StateFormat;
 
 /// The role of a named tensor: the one kind vocabulary of model state, shared by the models
 /// (plsc-models), checkpoints and exports (plsc-ckpt, where it is written into `manifest.json`
@@ -224,7 +225,7 @@ impl<'a> StateReader<'a> {
     /// Parses safetensors `bytes`; `file` names them in errors.
     pub fn new(file: &str, bytes: &'a [u8]) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes).map_err(|source| {
-            if crate::pytorch::StateFormat::sniff(bytes) == crate::pytorch::StateFormat::PyTorch {
+            if StateFormat::sniff(bytes) == StateFormat::PyTorch {
                 ModelError::NotSafetensors {
                     file: file.to_string(),
                 }
