@@ -10,6 +10,12 @@
 //! p = p - lr * v                 (or p - lr * (momentum * v + d) with Nesterov)
 //! ```
 //!
+//! Without Nesterov this is the rule of the head's optimiser, plsc-core's `sgd` module
+//! (`v <- momentum v + (g + weight_decay w)`, `w <- w - lr v`, on the sampled rows there): one
+//! documented rule for the backbone and the head. The crate map keeps plsc-models from
+//! depending on plsc-core, so the two share the rule rather than the code;
+//! `follows_the_head_optimisers_rule` checks this one against it step by step.
+//!
 //! burn's `MomentumConfig` defaults to dampening 0.1 (which would scale every gradient after
 //! the first by 0.9) and keeps its velocity private; [`SgdMomentum`] is the same arithmetic with
 //! dampening 0 and a public [`VelocityState`], so that [`velocity_module`] and
@@ -272,6 +278,42 @@ mod tests {
         let vel = velocity_module(&m, &optim.to_record());
         for v in values(vel.a.val()) {
             assert!((v - 3.129).abs() < 1e-6, "{v}");
+        }
+    }
+
+    /// The rule of plsc-core's head optimiser (`plsc_core::sgd`, module docs), written out:
+    /// `v <- momentum * v + (g + weight_decay * w)`, `w <- w - lr * v`, from `v = 0`. The
+    /// backbone's optimiser must follow it step for step (the map keeps plsc-models from
+    /// depending on plsc-core, so the two share the rule, not the code).
+    #[test]
+    fn follows_the_head_optimisers_rule() {
+        let (momentum, weight_decay) = (0.9, 5e-4);
+        let cfg = SgdMomentumConfig::new()
+            .with_momentum(momentum)
+            .with_weight_decay(weight_decay);
+        let mut optim = cfg.init::<AB, Pair<AB>>();
+        let mut m = pair([1.5, -0.25], [0.75, -2.0]);
+        let (mut w, mut v) = ([1.5f64, -0.25], [0.0f64; 2]);
+        let steps = [(0.1, [0.5, -1.0]), (0.05, [2.0, 0.25]), (0.2, [-1.5, 3.0])];
+        for (lr, g) in steps {
+            m = step(&mut optim, m, lr, g, [1.0, 1.0]);
+            for j in 0..2 {
+                v[j] = momentum * v[j] + (f64::from(g[j]) + weight_decay * w[j]);
+                w[j] -= lr * v[j];
+            }
+            let got = values(m.a.val());
+            for j in 0..2 {
+                assert!(
+                    (f64::from(got[j]) - w[j]).abs() < 1e-6,
+                    "lr {lr}: weight {j} is {}, the rule gives {}",
+                    got[j],
+                    w[j]
+                );
+            }
+        }
+        let vel = values(velocity_module(&m, &optim.to_record()).a.val());
+        for j in 0..2 {
+            assert!((f64::from(vel[j]) - v[j]).abs() < 1e-6, "velocity {j}");
         }
     }
 
