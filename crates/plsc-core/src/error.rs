@@ -37,6 +37,20 @@ pub enum HeadError {
         got: crate::storage::HeadStorage,
         expected: crate::storage::HeadStorage,
     },
+    /// The head's ranks on this host need more memory than it has available.
+    #[error(
+        "the head does not fit this host: {ranks} rank(s) of {classes} classes x {dim} with {storage} storage need {:.2} GiB (weight, momentum and work buffers), {:.2} GiB are available: use head_storage = \"bf16\" (half the bytes per class), more hosts, or a smaller sample_ratio/memory budget",
+        *needed as f64 / (1u64 << 30) as f64,
+        *available as f64 / (1u64 << 30) as f64
+    )]
+    Capacity {
+        needed: u64,
+        available: u64,
+        classes: usize,
+        dim: usize,
+        storage: crate::storage::HeadStorage,
+        ranks: usize,
+    },
     /// A setting is out of its range.
     #[error("invalid head setting `{name}`: {detail}")]
     Config { name: &'static str, detail: String },

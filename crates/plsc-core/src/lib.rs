@@ -7,6 +7,7 @@
 //! CPU kernel, host memory) or [`DeviceHead`] (burn tensors on the backend's device).
 
 pub mod burn_path;
+pub mod capacity;
 pub mod check;
 pub mod cpu;
 mod device_head;

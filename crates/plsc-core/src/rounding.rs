@@ -178,9 +178,215 @@ pub fn round_stochastic<H: HalfFormat>(x: f32, u: f32) -> H {
     if u < p { o } else { r }
 }
 
+/// [`round_stochastic`] to bf16 on the bits of `x`, for `|x|` below bf16's largest finite
+/// value: branch-free integer operations that the compiler vectorises.
+///
+/// With `m` the magnitude bits of `x`, bf16's neighbours of `x` are `lo = m >> 16` and
+/// `lo + 1`, `frac = m & 0xFFFF` is `x`'s distance from `lo` in units of `2^-16` gaps, so
+/// `p = frac / 2^16` (or `(2^16 - frac) / 2^16` when nearest-even picks `lo + 1`) and
+/// `u < p` is `bits24 < p 2^24`. Zero reached from a non-zero nearest value is `+0`, as in
+/// [`round_stochastic`].
+#[inline(always)]
+fn round_bf16_bits(xb: u32, bits24: u32) -> u16 {
+    let sign = (xb >> 16) & 0x8000;
+    let m = xb & 0x7FFF_FFFF;
+    let frac = m & 0xFFFF;
+    let lo = m >> 16;
+    let nearest_is_hi = frac > 0x8000 || (frac == 0x8000 && lo & 1 == 1);
+    let dist = if nearest_is_hi { 0x1_0000 - frac } else { frac };
+    let other = bits24 < (dist << 8);
+    let mag = lo + u32::from(nearest_is_hi != other);
+    let sign = if mag == 0 && nearest_is_hi { 0 } else { sign };
+    (sign | mag) as u16
+}
+
+/// The largest magnitude [`round_bf16_bits`] takes: both neighbours finite.
+const BF16_FAST_LIMIT: f32 = 3.38e38;
+
+/// `dst[i] = round_stochastic(values[i], u)` in bf16 with the bits of `row_key` and
+/// `column_keys[i]`: the kernel's write-back of an updated row, vectorised (AVX2 when the CPU
+/// has it, chosen at run time); rows holding a value beyond bf16's range take the scalar rule.
+pub fn round_row_bf16(dst: &mut [bf16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+    #[inline(always)]
+    fn body(dst: &mut [bf16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+        let n = dst.len().min(values.len()).min(column_keys.len());
+        let (dst, values, keys) = (&mut dst[..n], &values[..n], &column_keys[..n]);
+        if values.iter().all(|v| v.abs() < BF16_FAST_LIMIT) {
+            for i in 0..n {
+                let bits = element_bits(row_key, keys[i]);
+                dst[i] = bf16::from_bits(round_bf16_bits(values[i].to_bits(), bits));
+            }
+        } else {
+            for i in 0..n {
+                let u = uniform(element_bits(row_key, keys[i]));
+                dst[i] = round_stochastic::<bf16>(values[i], u);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(dst: &mut [bf16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+            body(dst, values, row_key, column_keys)
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(dst, values, row_key, column_keys) };
+        }
+    }
+    body(dst, values, row_key, column_keys)
+}
+
+/// [`round_stochastic`] to f16 on the bits of `x`, for `x = 0` or `2^-37 <= |x| < 65504`.
+///
+/// The f16 value below `|x|` is `lo` and `x`'s distance from it is `frac / 2^shift` gaps:
+/// for normal f16 values (`|x| >= 2^-14`) `lo = (m >> 13) - (112 << 10)` (the exponent
+/// rebiased) and `shift = 13`; below, `lo = significand >> shift` with
+/// `shift = 126 - exponent` (subnormal steps of `2^-24`). Then as [`round_bf16_bits`].
+#[inline(always)]
+fn round_f16_bits(xb: u32, bits24: u32) -> u16 {
+    let sign = ((xb >> 16) & 0x8000) as u16;
+    let m = xb & 0x7FFF_FFFF;
+    let exponent = m >> 23;
+    let normal = m >= 0x3880_0000;
+    let shift = if normal {
+        13
+    } else {
+        126u32.saturating_sub(exponent).min(40)
+    };
+    let significand = (m & 0x7F_FFFF) | 0x80_0000;
+    let lo = if normal {
+        (m >> 13) - (112 << 10)
+    } else {
+        significand >> shift.min(31)
+    };
+    let frac = if normal {
+        u64::from(m & 0x1FFF)
+    } else {
+        u64::from(significand) & ((1u64 << shift) - 1)
+    };
+    let half = 1u64 << (shift - 1);
+    let nearest_is_hi = frac > half || (frac == half && lo & 1 == 1);
+    let dist = if nearest_is_hi {
+        (1u64 << shift) - frac
+    } else {
+        frac
+    };
+    let other = u64::from(bits24) << shift < dist << 24;
+    let mag = lo + u32::from(nearest_is_hi != other);
+    let sign = if mag == 0 && nearest_is_hi { 0 } else { sign };
+    let out = sign | mag as u16;
+    // Zero stays the zero it is.
+    if m == 0 { (xb >> 16) as u16 } else { out }
+}
+
+/// Whether [`round_f16_bits`] takes `x`.
+#[inline(always)]
+fn f16_fast(x: f32) -> bool {
+    let a = x.abs();
+    a == 0.0 || (F16_FAST_MIN..65504.0).contains(&a)
+}
+
+/// The smallest non-zero magnitude [`round_f16_bits`] takes.
+const F16_FAST_MIN: f32 = 7.275_958e-12; // 2^-37
+
+/// [`round_stochastic`] to f16 over a row, as [`round_row_bf16`] does for bf16.
+pub fn round_row_f16(dst: &mut [f16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+    #[inline(always)]
+    fn body(dst: &mut [f16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+        let n = dst.len().min(values.len()).min(column_keys.len());
+        let (dst, values, keys) = (&mut dst[..n], &values[..n], &column_keys[..n]);
+        if values.iter().all(|v| f16_fast(*v)) {
+            for i in 0..n {
+                let bits = element_bits(row_key, keys[i]);
+                dst[i] = f16::from_bits(round_f16_bits(values[i].to_bits(), bits));
+            }
+        } else {
+            for i in 0..n {
+                let u = uniform(element_bits(row_key, keys[i]));
+                dst[i] = round_stochastic::<f16>(values[i], u);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(dst: &mut [f16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+            body(dst, values, row_key, column_keys)
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(dst, values, row_key, column_keys) };
+        }
+    }
+    body(dst, values, row_key, column_keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_paths_take_the_rules_decisions() {
+        let mut xs = vec![
+            0.0f32, -0.0, 1.0, -1.0, 3.0e38, -3.3e38, 1e-40, -1e-40, 1e-45,
+        ];
+        let mut state = 0x1234_5678u32;
+        for _ in 0..20_000 {
+            state = mix31(state.wrapping_add(0x9E37_79B9) & MASK31);
+            let e = (state % 60) as i32 - 40;
+            let m = (state >> 8) as f32 / (1u32 << 23) as f32;
+            let sign = if state & 1 == 1 { -1.0 } else { 1.0 };
+            xs.push(sign * (1.0 + m) * 2f32.powi(e));
+        }
+        // Ties and exact bf16 values, both signs.
+        for k in 0..200u32 {
+            let b = f32::from_bits(0x3F80_0000 + (k << 15));
+            xs.push(b);
+            xs.push(-b);
+        }
+        // f16: its whole range, subnormals and ties included.
+        for k in 0..2000u32 {
+            let f = f16::from_bits(((k * 31) & 0x7BFF) as u16).to_f32();
+            let next = f16::from_bits((((k * 31) & 0x7BFF) + 1) as u16).to_f32();
+            for t in [0.0f32, 0.25, 0.5, 0.75] {
+                xs.push(f + (next - f) * t);
+                xs.push(-(f + (next - f) * t));
+            }
+        }
+        for (i, x) in xs.iter().enumerate() {
+            for bits in [
+                0u32,
+                1,
+                0x7F_FFFF,
+                0x80_0000,
+                0xFF_FFFF,
+                (i as u32 * 7919) & 0xFF_FFFF,
+            ] {
+                let u = uniform(bits);
+                if x.abs() < BF16_FAST_LIMIT {
+                    let fast = round_bf16_bits(x.to_bits(), bits);
+                    let rule = round_stochastic::<bf16>(*x, u).to_bits();
+                    assert_eq!(
+                        fast,
+                        rule,
+                        "bf16: x = {x:e} ({:#x}), bits {bits:#x}",
+                        x.to_bits()
+                    );
+                }
+                if f16_fast(*x) {
+                    let fast = round_f16_bits(x.to_bits(), bits);
+                    let rule = round_stochastic::<f16>(*x, u).to_bits();
+                    assert_eq!(
+                        fast,
+                        rule,
+                        "f16: x = {x:e} ({:#x}), bits {bits:#x}",
+                        x.to_bits()
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn mix31_is_a_bijection_on_a_sample_and_stays_in_31_bits() {

@@ -20,6 +20,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
@@ -312,9 +313,20 @@ impl<'a, T: HeadFloat> Rows<'a, T> {
     }
 }
 
-fn convert_from<H: HalfFormat, T: HeadFloat>(src: &[H], out: &mut [T]) {
-    for (o, s) in out.iter_mut().zip(src) {
-        *o = T::from_f64(s.to_f32() as f64);
+/// 16-bit values into the compute type: half's slice conversion (F16C / vectorised shifts)
+/// into f32, element by element into f64.
+fn convert_from<H, T: HeadFloat>(src: &[H], out: &mut [T])
+where
+    H: HalfFormat,
+    [H]: HalfFloatSliceExt,
+{
+    match T::slice_as_f32_mut(out) {
+        Some(out) => src.convert_to_f32_slice(out),
+        None => {
+            for (o, s) in out.iter_mut().zip(src) {
+                *o = T::from_f64(s.to_f32() as f64);
+            }
+        }
     }
 }
 
@@ -378,23 +390,27 @@ impl<'a, T: HeadFloat> RowsMut<'a, T> {
         let dim = values.len();
         match self {
             RowsMut::Full(v) => v[r * dim..(r + 1) * dim].copy_from_slice(values),
-            RowsMut::Bf16(v) => {
-                round_into(&mut v[r * dim..(r + 1) * dim], values, key, column_keys)
-            }
-            RowsMut::F16(v) => round_into(&mut v[r * dim..(r + 1) * dim], values, key, column_keys),
+            RowsMut::Bf16(v) => rounding::round_row_bf16(
+                &mut v[r * dim..(r + 1) * dim],
+                &as_f32(values),
+                key.row_key,
+                column_keys,
+            ),
+            RowsMut::F16(v) => rounding::round_row_f16(
+                &mut v[r * dim..(r + 1) * dim],
+                &as_f32(values),
+                key.row_key,
+                column_keys,
+            ),
         }
     }
 }
 
-fn round_into<H: HalfFormat, T: HeadFloat>(
-    dst: &mut [H],
-    values: &[T],
-    key: RowRounding,
-    column_keys: &[u32],
-) {
-    for ((d, v), ck) in dst.iter_mut().zip(values).zip(column_keys) {
-        let u = rounding::uniform(rounding::element_bits(key.row_key, *ck));
-        *d = rounding::round_stochastic::<H>(v.as_f64() as f32, u);
+/// Values of the compute type as f32 (borrowed when they are f32).
+fn as_f32<T: HeadFloat>(values: &[T]) -> Cow<'_, [f32]> {
+    match T::slice_as_f32(values) {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(values.iter().map(|v| v.as_f64() as f32).collect()),
     }
 }
 

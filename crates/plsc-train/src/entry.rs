@@ -461,7 +461,6 @@ impl Entry {
         Ok(loss)
     }
 
-    /// The head's operand precision: f16 under mixed precision, else f32.
     /// The parsed [`Entry::device`].
     pub fn device(&self) -> Result<crate::device::Device> {
         self.device.parse().map_err(|e| match e {
@@ -480,12 +479,50 @@ impl Entry {
         Ok(self.head_placement.resolve(&self.device()?))
     }
 
+    /// The head's operand precision: f16 under mixed precision, else f32.
     pub fn head_precision(&self) -> Precision {
         if self.mixed_precision {
             Precision::F16
         } else {
             Precision::F32
         }
+    }
+
+    /// The head's settings: classes, loss, Partial FC, seed, operand precision, storage and
+    /// optimiser.
+    pub fn head_config(&self) -> Result<plsc_core::HeadConfig> {
+        Ok(
+            plsc_core::HeadConfig::new(self.num_classes, self.embedding_size)
+                .with_loss(self.loss_config()?)
+                .with_sample_ratio(self.sample_ratio)
+                .with_seed(self.seed)
+                .with_precision(self.head_precision())
+                .with_storage(self.head_storage)
+                .with_calc_acc(self.calc_acc)
+                .with_optimizer(
+                    plsc_core::SparseSgdConfig::new()
+                        .with_momentum(self.momentum)
+                        .with_weight_decay(self.weight_decay),
+                ),
+        )
+    }
+
+    /// Refuses, before anything is allocated, a host-placed head whose ranks `local_ranks`
+    /// need more memory than this host has available ([`plsc_core::capacity`]).
+    pub fn check_head_capacity(&self, local_ranks: &[usize]) -> Result<()> {
+        if self.placement()? != crate::device::Placement::Host {
+            return Ok(());
+        }
+        let config = self.head_config()?;
+        let global_batch = self.train_batch_size * self.ranks;
+        plsc_core::capacity::check_host_capacity(
+            &config,
+            self.ranks,
+            local_ranks,
+            global_batch,
+            None,
+        )
+        .map_err(|e| TrainError::head(local_ranks.first().copied().unwrap_or(0), e))
     }
 
     /// The schedule for `steps_per_epoch` (warmup converted from epochs to steps).

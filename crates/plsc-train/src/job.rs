@@ -171,6 +171,7 @@ pub fn run(entry: &Entry, progress: bool) -> Result<RunSummary> {
     match entry.device()? {
         Device::Cpu => {
             let device = burn_flex::FlexDevice;
+            entry.check_head_capacity(&(0..entry.ranks).collect::<Vec<_>>())?;
             let results = run_ranks(entry.ranks, |comm| {
                 job::<CpuBackend, _>(entry, &comm, &device, progress)
             });
@@ -223,6 +224,7 @@ pub fn run_process(
                 .into(),
         });
     }
+    entry.check_head_capacity(&[comm.rank()])?;
     job::<CpuBackend, dyn Communicator>(entry, comm, &Default::default(), progress)
 }
 

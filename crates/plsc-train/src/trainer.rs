@@ -33,7 +33,6 @@ use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use plsc_comm::tensor::TensorComm;
 use plsc_comm::{CommExt, Communicator, run_ranks};
-use plsc_core::{HeadConfig, SparseSgdConfig};
 use plsc_eval::{EmbedderError, EvalOptions, PairSet, Verification, VerifyConfig};
 use plsc_models::grad::backward_with_grad;
 use plsc_models::optim::{
@@ -367,19 +366,7 @@ where
     let mut out = Some(outputs);
     let rank = comm.rank();
     let head_err = |source| TrainError::head(rank, source);
-    let loss = entry.loss_config()?;
-    let head_cfg = HeadConfig::new(entry.num_classes, entry.embedding_size)
-        .with_loss(loss)
-        .with_sample_ratio(entry.sample_ratio)
-        .with_seed(entry.seed)
-        .with_precision(entry.head_precision())
-        .with_storage(entry.head_storage)
-        .with_calc_acc(entry.calc_acc)
-        .with_optimizer(
-            SparseSgdConfig::new()
-                .with_momentum(entry.momentum)
-                .with_weight_decay(entry.weight_decay),
-        );
+    let head_cfg = entry.head_config()?;
     let placement = entry.placement()?;
     // Mixed precision on the device also runs the backbone's products in f16 (on the host
     // placement the backbone stays f32: burn-flex's f16 kernels are slower than its f32 ones).

@@ -45,12 +45,30 @@ pub struct HeadArgs {
     /// this process's threads; `peer` in the report gives its step time and our speed-up.
     #[arg(long)]
     peer_python: Option<std::path::PathBuf>,
+    /// How the head stores weight and momentum: `f32`, `bf16` or `f16` (see docs/scale.md).
+    /// A case that cannot fit this machine's available memory is refused before it starts.
+    #[arg(long, default_value = "f32")]
+    head_storage: String,
+    /// Skip the plain-product yardsticks (they hold an f32 copy of the sampled rows: 2 GiB at
+    /// 10M classes with r = 0.1). For the capacity cases:
+    /// `--cases 10000000:0.1:default --head-storage bf16 --no-yardstick`.
+    #[arg(long)]
+    no_yardstick: bool,
 }
 
 #[derive(Serialize)]
 struct CaseReport {
     classes: usize,
     sample_ratio: f64,
+    head_storage: String,
+    /// Weight + momentum bytes per class (`2 D` values in the storage type).
+    storage_bytes_per_class: usize,
+    /// Peak anonymous resident memory of the process over the case (initialisation and steps).
+    peak_rss_anon_bytes: Option<u64>,
+    /// The capacity estimate the case was admitted with (`plsc_core::capacity`).
+    estimated_head_bytes: u64,
+    /// Seconds to create (initialise) the head.
+    init_seconds: f64,
     memory_budget_bytes: usize,
     path: String,
     sampled_classes: usize,
@@ -58,9 +76,9 @@ struct CaseReport {
     step_seconds_all: Vec<f64>,
     gemm_flops_per_step: f64,
     achieved_gflops: f64,
-    plain_matmul_gflops: f64,
-    plain_matmul_gflops_burn_flex: f64,
-    ratio_to_plain_matmul: f64,
+    plain_matmul_gflops: Option<f64>,
+    plain_matmul_gflops_burn_flex: Option<f64>,
+    ratio_to_plain_matmul: Option<f64>,
     workspace_bytes: usize,
     rss_growth_during_steps_bytes: u64,
     forward_seconds_median: f64,
@@ -189,13 +207,20 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
         parts[2].parse::<usize>()? << 20
     };
     let loss: LossConfig = args.loss.parse()?;
+    let storage: plsc_core::HeadStorage = args.head_storage.parse()?;
     let config = HeadConfig::new(classes, args.dim)
         .with_loss(loss)
         .with_sample_ratio(ratio)
         .with_memory_budget(budget)
-        .with_seed(1);
-    tracing::info!(classes, ratio, budget, "initialising head");
+        .with_seed(1)
+        .with_storage(storage);
+    let estimated = plsc_core::capacity::host_bytes(&config, 1, &[0], args.batch)?;
+    plsc_core::capacity::check_host_capacity(&config, 1, &[0], args.batch, None)?;
+    let memory = plsc_train::memory::RssAnonSampler::start(plsc_train::memory::DEFAULT_PERIOD);
+    tracing::info!(classes, ratio, budget, %storage, "initialising head");
+    let init_started = Instant::now();
     let mut head = ShardedHead::<f32>::new(config, 0, 1)?;
+    let init_seconds = init_started.elapsed().as_secs_f64();
     let comm = ThreadGroup::new(1).pop().expect("one communicator");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     // A fresh batch every step, as in training (a repeated batch is learnt in a step or two).
@@ -229,12 +254,16 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
         let dt = t.elapsed().as_secs_f64();
         // The yardstick runs right after each step, so both see the same load on a shared
         // machine; the first step and the first product warm up.
-        let mm = plain
-            .get_or_insert_with(|| PlainMatmul::new(args.batch, args.dim, out.sampled_classes));
-        let mm_seconds = mm.time();
+        if !args.no_yardstick {
+            let mm = plain
+                .get_or_insert_with(|| PlainMatmul::new(args.batch, args.dim, out.sampled_classes));
+            let mm_seconds = mm.time();
+            if step > 0 {
+                plain_times.push(mm_seconds);
+            }
+        }
         if step > 0 {
             times.push(dt);
-            plain_times.push(mm_seconds);
             fwd.push(out.timings.forward);
             bwd.push(out.timings.backward);
             other.push(out.timings.other);
@@ -246,15 +275,19 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     let rss_growth = rss_bytes().saturating_sub(rss_before);
     let out = last.expect("at least one step");
     let step_median = median(&times);
-    let plain = plain
-        .expect("at least one step")
-        .gflops(median(&plain_times));
-    let burn_rate =
-        burn_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters.min(2));
+    let peak_rss_anon_bytes = memory.map(|m| m.report().peak_bytes);
+    let plain = plain.map(|p| p.gflops(median(&plain_times)));
+    let burn_rate = (!args.no_yardstick)
+        .then(|| burn_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters.min(2)));
     let achieved = out.gemm_flops / step_median / 1e9;
     Ok(CaseReport {
         classes,
         sample_ratio: ratio,
+        head_storage: storage.name().into(),
+        storage_bytes_per_class: 2 * args.dim * storage.bytes(),
+        peak_rss_anon_bytes,
+        estimated_head_bytes: estimated,
+        init_seconds,
         memory_budget_bytes: budget,
         path: match out.path {
             HeadPath::Materialised => "materialised".into(),
@@ -267,7 +300,7 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
         achieved_gflops: achieved,
         plain_matmul_gflops: plain,
         plain_matmul_gflops_burn_flex: burn_rate,
-        ratio_to_plain_matmul: achieved / plain,
+        ratio_to_plain_matmul: plain.map(|p| achieved / p),
         workspace_bytes: out.workspace_bytes,
         rss_growth_during_steps_bytes: rss_growth,
         forward_seconds_median: median(&fwd),
@@ -280,6 +313,11 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
 
 pub fn run(args: HeadArgs) -> anyhow::Result<()> {
     if args.backend == "cuda" {
+        anyhow::ensure!(
+            args.head_storage == "f32",
+            "--backend cuda times burn_path's step on f32 weights; 16-bit storage on a GPU runs \
+             in training (`train --device cuda --head-storage bf16`)"
+        );
         return cuda::run(&args);
     }
     let peer = args

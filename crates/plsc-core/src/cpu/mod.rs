@@ -175,6 +175,10 @@ pub trait HeadFloat:
     fn round_to(self, p: Precision) -> Self;
     /// `out[i] = exp(x[i])` for `x[i] <= 0` (softmax numerators after the max is subtracted).
     fn exp_nonpositive_in_place(x: &mut [Self]);
+    /// The slice itself when the type is f32 (16-bit storage rounds from f32).
+    fn slice_as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// [`Self::slice_as_f32`], mutably.
+    fn slice_as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl HeadFloat for f32 {
@@ -197,6 +201,12 @@ impl HeadFloat for f32 {
     fn exp_nonpositive_in_place(x: &mut [Self]) {
         crate::fast_exp::exp_in_place(x)
     }
+    fn slice_as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn slice_as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl HeadFloat for f64 {
@@ -216,6 +226,12 @@ impl HeadFloat for f64 {
         for v in x {
             *v = v.exp();
         }
+    }
+    fn slice_as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn slice_as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 
