@@ -6,12 +6,13 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use common::*;
 use plsc_ckpt::{
     BackboneRef, Checkpoint, CkptError, HeadShardRef, SaveOptions, reshard, reshard_as, save,
 };
-use plsc_core::{HeadConfig, HeadStorage, RowStore, ShardedHead};
+use plsc_core::{HeadConfig, HeadStorage, RowStore, ShardedHead, WeightUpdate};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -363,4 +364,66 @@ fn manifests_without_a_storage_read_as_f32() {
     old.verify().unwrap();
     assert_eq!(old.manifest().head.storage, HeadStorage::F32);
     assert_eq!(loaded_bits(&old), stored_bits(&heads));
+}
+
+/// `steps` SGD steps `from..from + steps` of `heads` on rank threads (a fixed batch per step,
+/// from the step number), sampling half the classes.
+fn train(heads: Vec<ShardedHead<f32>>, from: u64, steps: u64) -> Vec<ShardedHead<f32>> {
+    use plsc_comm::Communicator;
+    let world = heads.len();
+    let slots: Vec<_> = heads.into_iter().map(|h| Mutex::new(Some(h))).collect();
+    let per = 4;
+    plsc_comm::run_ranks(world, |comm| {
+        let r = comm.rank();
+        let mut head = slots[r].lock().unwrap().take().unwrap();
+        for step in from..from + steps {
+            let mut rng = ChaCha8Rng::seed_from_u64(step);
+            let x: Vec<f32> = (0..world * per * DIM)
+                .map(|_| rng.random_range(-2.0f32..2.0))
+                .collect();
+            let y: Vec<i64> = (0..world * per)
+                .map(|_| rng.random_range(0..CLASSES as i64))
+                .collect();
+            head.step(
+                &comm,
+                &x[r * per * DIM..(r + 1) * per * DIM],
+                &y[r * per..(r + 1) * per],
+                step,
+                WeightUpdate::Sgd { lr: 0.5 },
+            )?;
+        }
+        Ok::<_, CkptError>(head)
+    })
+    .into_iter()
+    .map(|h| h.unwrap())
+    .collect()
+}
+
+#[test]
+fn a_16_bit_head_resumed_from_a_checkpoint_ends_in_the_same_bits() {
+    for storage in [HeadStorage::Bf16, HeadStorage::F16] {
+        let config = arcface(CLASSES, DIM)
+            .with_storage(storage)
+            .with_sample_ratio(0.5);
+        let fresh = || {
+            (0..2)
+                .map(|r| ShardedHead::<f32>::new(config.clone(), r, 2).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let whole = train(fresh(), 0, 6);
+
+        // 3 steps, a checkpoint, new heads loaded from it, 3 more steps.
+        let tmp = tempfile::tempdir().unwrap();
+        let first = train(fresh(), 0, 3);
+        let ckpt = save_heads(tmp.path(), &config, &first);
+        drop(first);
+        let mut resumed = fresh();
+        for h in &mut resumed {
+            ckpt.load_into_head(h, true).unwrap();
+        }
+        let resumed = train(resumed, 3, 3);
+        assert_eq!(stored_bits(&resumed), stored_bits(&whole), "{storage}");
+        // The run moved the rows (the comparison is not of two initial states).
+        assert_ne!(stored_bits(&whole), stored_bits(&fresh()), "{storage}");
+    }
 }
