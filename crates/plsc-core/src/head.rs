@@ -326,6 +326,11 @@ impl<T: HeadFloat> ShardedHead<T> {
     pub fn velocity(&self) -> &RowStore<T> {
         &self.velocity
     }
+    /// The stored weight and momentum rows, moved out (no copy: at ten million classes a copy
+    /// would not fit beside them).
+    pub fn into_rows(self) -> (RowStore<T>, RowStore<T>) {
+        (self.weight, self.velocity)
+    }
     /// Bias (plain softmax only).
     pub fn bias(&self) -> Option<&[T]> {
         self.bias.as_deref()

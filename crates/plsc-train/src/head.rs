@@ -236,19 +236,12 @@ impl<B: Backend> RankHead<B> {
         }
     }
 
-    /// The weight rows on the host.
-    pub fn weight_host(&self) -> Vec<f32> {
+    /// The stored weight and momentum rows on the host, the head given up for them (host rows
+    /// are moved, not copied; device rows are copied down).
+    pub fn into_host_rows(self) -> (RowStore<f32>, RowStore<f32>) {
         match self {
-            Self::Host(h) => h.head.weight().to_vec(),
-            Self::Device(h) => h.weight_host().to_vec(),
-        }
-    }
-
-    /// The momentum rows on the host.
-    pub fn velocity_host(&self) -> Vec<f32> {
-        match self {
-            Self::Host(h) => h.head.velocity().to_vec(),
-            Self::Device(h) => h.velocity_host().to_vec(),
+            Self::Host(h) => h.head.into_rows(),
+            Self::Device(h) => (h.weight_host(), h.velocity_host()),
         }
     }
 }

@@ -190,10 +190,10 @@ pub struct StepTiming {
 pub struct RankResult<M> {
     /// The trained model.
     pub model: M,
-    /// The head's weight shard `[C_r, D]`.
-    pub head_weight: Vec<f32>,
+    /// The head's weight shard `[C_r, D]`, in its storage type.
+    pub head_weight: plsc_core::RowStore<f32>,
     /// Its momentum.
-    pub head_velocity: Vec<f32>,
+    pub head_velocity: plsc_core::RowStore<f32>,
 }
 
 /// What a run gives back.
@@ -681,10 +681,13 @@ where
         loss_scale: if mixed { scaler.scale() } else { 1.0 },
         timings: t,
         steps: step_times,
-        ranks: vec![RankResult {
-            model,
-            head_weight: head.weight_host(),
-            head_velocity: head.velocity_host(),
+        ranks: vec![{
+            let (head_weight, head_velocity) = head.into_host_rows();
+            RankResult {
+                model,
+                head_weight,
+                head_velocity,
+            }
         }],
     })
 }
