@@ -36,7 +36,7 @@ fn every_rank_count_matches_the_reference() {
     for loss in ["dist_arcface", "cosface", "dist_combined"] {
         let cfg: LossConfig = loss.parse().unwrap();
         let config = HeadConfig::new(inp.classes, inp.dim)
-            .with_loss(cfg.clone())
+            .with_loss(cfg)
             .with_chunk_size(Some(2));
         let r = head_reference(
             &cfg.kind,
