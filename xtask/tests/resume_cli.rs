@@ -114,3 +114,43 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_weights() {
         .collect();
     assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>());
 }
+
+/// Resuming a bf16 run with f32 head storage is refused with the named error before the
+/// continued run is touched: its config.toml and metrics stay as they were, byte for byte.
+#[test]
+fn resuming_into_another_head_storage_is_refused_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_tiny_job(
+        dir.path(),
+        "train_batch_size = 16\ntrain_steps = 2\nwarmup_epochs = 0.0\ncheckpoint_period = 2\n\
+         head_storage = \"bf16\"\n",
+    );
+    let save = dir.path().join("runs");
+    run_to_end(train(&config, &save, &[]));
+    let run = run_dir(&save);
+    assert!(step_dir(&run, 2).join("manifest.json").is_file());
+    let files = ["config.toml", "metrics.jsonl", "summary.json"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+
+    let out = train(&config, &save, &["--resume", "--head-storage", "f32"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bf16") && err.contains("f32") && err.contains("--head-storage"),
+        "{err}"
+    );
+    let after: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    assert!(
+        before == after,
+        "the refused resume changed the run's files"
+    );
+    assert_eq!(run_dir(&save), run, "no new run directory");
+}

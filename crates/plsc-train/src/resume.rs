@@ -38,6 +38,10 @@ pub fn find_beginning(entry: &Entry) -> Result<Beginning> {
     if let Some(path) = &entry.pretrained {
         let ckpt = plsc_ckpt::Checkpoint::open_dir_or_latest(path).map_err(ckpt_err)?;
         ckpt.verify().map_err(ckpt_err)?;
+        if entry.pretrained_head {
+            ckpt.check_head_config(&entry.head_config()?)
+                .map_err(ckpt_err)?;
+        }
         tracing::info!(
             checkpoint = %ckpt.dir().display(),
             with_head = entry.pretrained_head,
@@ -91,6 +95,10 @@ pub fn find_beginning(entry: &Entry) -> Result<Beginning> {
                     choice.damaged.len()
                 );
             }
+            // Before anything of the continued run is touched (its config.toml, metrics): a
+            // checkpoint of another class count, embedding size or head storage is refused here.
+            ckpt.check_head_config(&entry.head_config()?)
+                .map_err(ckpt_err)?;
             b.steps_done = ckpt.step();
             b.start = Start::Resume(Arc::new(ckpt));
         }
