@@ -15,8 +15,7 @@
 //! - [`grad`]: backward from the embedding with the head's gradient.
 //! - [`optim`]: SGD-momentum with PyTorch semantics; [`clip`]: global-norm clipping.
 //! - [`flex_conv`]: the convolutions' faster weight gradient on `Autodiff<Flex>` (CPU training);
-//!   [`flex_norm`] and [`flex_prelu`]: training-mode BatchNorm and PReLU as one operation each
-//!   there.
+//!   [`flex_norm`]: training-mode BatchNorm as one operation there.
 //! - Replicas: `clone()` shares BatchNorm running statistics (burn's `RunningState` is an
 //!   `Arc`); [`Backbone::fresh_replica`] does not.
 
@@ -26,7 +25,6 @@ pub mod device;
 pub mod error;
 pub mod flex_conv;
 pub mod flex_norm;
-pub mod flex_prelu;
 mod format;
 pub mod grad;
 pub mod iresnet;

@@ -32,19 +32,6 @@ pub fn per_channel<B: Backend, const D: usize>(
 /// The gradient is PyTorch's: `x > 0 ? 1 : alpha` for the input (so `alpha` at exactly 0),
 /// and the sum of `x * grad` over the non-positive entries for `alpha`.
 pub fn prelu<B: Backend, const D: usize>(x: Tensor<B, D>, alpha: Tensor<B, 1>) -> Tensor<B, D> {
-    // One fused operation on the CPU training backend (`Autodiff<Flex>`, f32).
-    if let Some(y) = crate::flex_prelu::prelu(&x, &alpha) {
-        return y;
-    }
-    prelu_composed(x, alpha)
-}
-
-/// [`prelu`] with burn's tensor operations, on any backend (the reference the fused CPU
-/// operation, [`crate::flex_prelu`], is tested against).
-pub fn prelu_composed<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    alpha: Tensor<B, 1>,
-) -> Tensor<B, D> {
     let positive = x.clone().greater_elem(0.0);
     per_channel(x.clone(), Some(alpha), None).mask_where(positive, x)
 }
