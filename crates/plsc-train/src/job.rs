@@ -249,7 +249,8 @@ where
     // Rank 0 samples its process's anonymous memory over the whole run (summary.json).
     let memory = (rank == 0)
         .then(|| RssAnonSampler::start(crate::memory::DEFAULT_PERIOD))
-        .flatten();
+        .flatten()
+        .map(std::sync::Arc::new);
     if hcomm.world_size() != entry.ranks {
         return Err(TrainError::Config {
             name: "ranks",
@@ -324,9 +325,7 @@ where
         outputs.val_sets = load_val_sets(entry)?;
     }
     let backbone = build_backbone::<B>(entry, device)?;
-    if let Some(m) = &memory {
-        m.begin_steady();
-    }
+    outputs.memory = memory.clone();
     let outcome = train_rank::<B, _, C>(
         entry,
         comm,
@@ -336,9 +335,6 @@ where
         stream_batches_from(&stream, rank, data_position(&plan)),
         outputs,
     )?;
-    if let Some(m) = &memory {
-        m.end_steady();
-    }
     if rank != 0 {
         return Ok(None);
     }
@@ -348,7 +344,7 @@ where
         &run_dir,
         &checkpoints,
         &outcome,
-        memory.as_ref(),
+        memory.as_deref(),
     )
     .map(Some)
 }

@@ -143,6 +143,9 @@ pub struct Outputs {
     pub checkpoint: Option<(std::path::PathBuf, plsc_ckpt::ModelSpec)>,
     /// Where the weights come from. Every rank needs it.
     pub start: Start,
+    /// Rank 0's memory sampler: its steady window opens when the first step starts (after the
+    /// head and the backbone are built and loaded) and closes after the last.
+    pub memory: Option<std::sync::Arc<crate::memory::RssAnonSampler>>,
 }
 
 impl Outputs {
@@ -439,6 +442,10 @@ where
     // The batch of the next step is taken and copied to the device while this step's kernels
     // run (on GPUs the copy overlaps the compute; on the CPU it only changes when it happens).
     let mut ahead: Option<Fetched<B>> = None;
+    let memory = out.as_ref().and_then(|o| o.memory.clone());
+    if let Some(m) = &memory {
+        m.begin_steady();
+    }
     for step in plan.start_step..plan.total_steps {
         // 1. data
         let t0 = Instant::now();
@@ -670,6 +677,9 @@ where
                 }
             }
         }
+    }
+    if let Some(m) = &memory {
+        m.end_steady();
     }
     bar.finish_and_clear();
     t.total_s = start.elapsed().as_secs_f64();
