@@ -5,7 +5,9 @@
 //! test asks gemm for the function it chose (`gemm_f32::gemm::f32::get_gemm_fn`, the pointer
 //! every f32 product of the head and of burn-flex goes through) and reads that function's
 //! symbol name from the test binary: on a CPU with AVX-512F it must be the `avx512f` kernel,
-//! on one without it the AVX2+FMA (`fma`) kernel, so the same binary runs on both.
+//! on one without it the AVX2+FMA (`fma`) kernel, so the same binary runs on both. CI also runs
+//! this test under valgrind (`.ci/run`, step `gemm-avx2-fallback`), whose virtual CPU has no
+//! AVX-512: there the `fma` kernel must be the one taken.
 
 #![cfg(target_arch = "x86_64")]
 
