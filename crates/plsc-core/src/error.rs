@@ -34,8 +34,8 @@ pub enum HeadError {
     Storage {
         rank: usize,
         tensor: &'static str,
-        got: crate::storage::HeadStorage,
-        expected: crate::storage::HeadStorage,
+        got: crate::head_storage::HeadStorage,
+        expected: crate::head_storage::HeadStorage,
     },
     /// The head's ranks on this host need more memory than it has available.
     #[error(
@@ -48,7 +48,7 @@ pub enum HeadError {
         available: u64,
         classes: usize,
         dim: usize,
-        storage: crate::storage::HeadStorage,
+        storage: crate::head_storage::HeadStorage,
         ranks: usize,
     },
     /// A setting is out of its range.

@@ -16,6 +16,7 @@ mod error;
 mod fast_exp;
 pub mod float;
 mod head;
+pub mod head_storage;
 pub mod init;
 pub mod loss;
 pub mod margin;

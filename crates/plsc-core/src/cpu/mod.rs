@@ -17,16 +17,17 @@
 mod simd;
 pub mod gemm;
 pub mod rows;
+pub mod stored;
 pub mod tile;
 pub mod topk;
 
 use crate::float::Precision;
 use crate::rounding::{self, RoundedTensor};
 use crate::sampling::SampledClasses;
-use crate::storage::{RowRounding, Rows, RowsMut};
 use plsc_comm::Element;
 use rayon::prelude::*;
 use std::ops::Range;
+use stored::{RowRounding, Rows, RowsMut};
 use tile::{RowStats, TileInfo, TileLoss};
 
 /// Default class-tile width: a `[128, 256]` logit block plus two `[256, 512]` row blocks fit a
@@ -270,7 +271,7 @@ impl StepRounding {
         Self {
             weight: rounding::step_key(seed, step, RoundedTensor::Weight),
             momentum: rounding::step_key(seed, step, RoundedTensor::Momentum),
-            columns: crate::storage::column_keys(dim),
+            columns: stored::column_keys(dim),
         }
     }
 
