@@ -146,21 +146,28 @@ impl Backward<Flex, 2> for ConvNoBias {
             grads.register::<Flex>(node.id, dx);
         }
         if let Some(node) = node_weight {
-            let x = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x));
-            let dy = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(grad));
-            let w_dims = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(weight)).dims();
-            let device = x.device();
-            let geometry = Geometry::new(x.dims(), w_dims, dy.dims(), &options);
-            let x = x
-                .into_data()
-                .into_vec::<f32>()
-                .expect("f32 input (checked)");
-            let dy = dy.into_data().into_vec::<f32>().expect("f32 gradient");
-            let dw = weight_grad(&geometry, &x, &dy);
+            let dims = |t: &FloatTensor<Flex>| -> [usize; 4] { t.layout().shape().dims::<4>() };
+            let w_dims = dims(&weight);
+            let geometry = Geometry::new(dims(&x), w_dims, dims(&grad), &options);
+            let device = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(weight)).device();
+            let (x, dy) = (contiguous(&x), contiguous(&grad));
+            let dw = weight_grad(&geometry, f32_slice(&x), f32_slice(&dy));
             let dw = Tensor::<Flex, 4>::from_data(TensorData::new(dw, w_dims), &device);
             grads.register::<Flex>(node.id, dw.into_primitive().tensor());
         }
     }
+}
+
+/// `t` with its elements in row-major order from the start of its buffer (the same buffer,
+/// no copy, when it already is).
+pub(crate) fn contiguous(t: &FloatTensor<Flex>) -> FloatTensor<Flex> {
+    t.to_contiguous()
+}
+
+/// The f32 elements of a contiguous tensor from [`contiguous`], borrowed.
+pub(crate) fn f32_slice(t: &FloatTensor<Flex>) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("an f32 tensor made contiguous (checked by the callers)")
 }
 
 /// The shapes of one convolution (NCHW input, OIHW weight, square stride and padding per axis).

@@ -27,6 +27,8 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use rayon::prelude::*;
 
+use crate::flex_conv::{contiguous, f32_slice};
+
 type CpuAutodiff = Autodiff<Flex>;
 
 /// The output and the batch statistics of a training-mode BatchNorm.
@@ -96,9 +98,9 @@ impl Backward<Flex, 3> for BatchNormOp {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
-        let dy = Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(grad));
-        let device = dy.device();
-        let dy = dy.into_data().into_vec::<f32>().expect("f32 gradient");
+        let dy = contiguous(&grad);
+        let device = Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(grad)).device();
+        let dy = f32_slice(&dy);
         let (n, c, rest) = state.layout();
         // Per channel: sum(dy), sum(dy * x_hat), in f64, each in one fixed order.
         let sums: Vec<(f64, f64)> = (0..c)
@@ -165,9 +167,8 @@ fn batch_norm_flex<const D: usize>(
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
     let bias = bias.into_primitive().tensor();
-    let xv = values(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(
-        x.primitive.clone(),
-    )));
+    let xc = contiguous(&x.primitive);
+    let xv = f32_slice(&xc);
     let wv = values(Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(
         weight.primitive.clone(),
     )));
