@@ -10,17 +10,19 @@
 #   (c) 200 steps of the shipped job on the GPU, its loss curve against the committed CPU run
 #       (scripts/gpu-reference/fmnist_cpu_losses.json, tolerance stated there);
 #   (d) the PyTorch peer (scripts/peers/arcface_torch_peer.py: arcface_torch's iresnet50 +
-#       PartialFC_V2 with AMP) on the same GPU, same batch and classes, same two figures.
+#       PartialFC_V2 with AMP) on the same GPU, same batch and classes, same two figures;
+#   (e) (c) again with the head's weight and momentum stored in bf16 on the device
+#       (`--head-storage bf16`, stochastically rounded updates), against the same curve.
 #
 # Every part has its own time limit, and its results are written to $OUT (or a temp folder)
-# as soon as it finishes; the whole script stays under 5 minutes. At the end it prints the
+# as soon as it finishes; the whole script stays under 6 minutes. At the end it prints the
 # block that docs/benchmarks.md and docs/distributed.md record.
 #
 #   scripts/gpu-check.sh [--smoke] [BUNDLE_DIR]   (default bundle: this script's own folder)
 #
 # --smoke: at most 2 minutes, to try first: the unit tests of the NCCL backend, a tiny
 # `bench train --device cuda` (iresnet_tiny) and 5 steps of the shipped job on the GPU.
-# Environment: PARTS (default "a b c d"), STEPS (bench steps, default 5).
+# Environment: PARTS (default "a b c d e"), STEPS (bench steps, default 5).
 # Exit status: non-zero when any part failed; every part still runs and reports.
 set -uo pipefail
 
@@ -148,7 +150,7 @@ run_tests() { # label binary limit [filter]
 }
 
 PY=${PY:-$(command -v python3 || true)}
-PARTS=${PARTS:-a b c d}
+PARTS=${PARTS:-a b c d e}
 STEPS=${STEPS:-5}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 
@@ -205,14 +207,16 @@ peer() { # name limit args...
 
 # The shipped job on the GPU: `steps` steps at global batch 128 on one GPU (the CPU job runs 2
 # rank threads of 64; one GPU is one rank of 128, the same global batch).
-shipped_job() { # steps limit
-    local steps=$1 limit=$2 dir="$RESULTS/shipped-job"
+shipped_job() { # steps limit [name extra-train-args...]
+    local steps=$1 limit=$2 name=${3:-shipped-job}
+    shift $(($# < 3 ? $# : 3))
+    local dir="$RESULTS/$name"
     mkdir -p "$dir"
-    echo "== train --device cuda (the shipped job, $steps steps)"
+    echo "== train --device cuda (the shipped job, $steps steps) $*"
     if (cd "$REPO" && timeout "$limit" "$XTASK" train --device cuda --ranks 1 --batch-size 128 \
         --steps "$steps" --with-test false --log-period 10 --no-progress \
-        --model-save-dir "$dir/runs") >"$dir/train.log" 2>&1; then
-        note "shipped job on the GPU, $steps steps: done"
+        --model-save-dir "$dir/runs" "$@") >"$dir/train.log" 2>&1; then
+        note "shipped job on the GPU, $steps steps $*: done"
         local metrics
         metrics=$(ls "$dir"/runs/*/metrics.jsonl 2>/dev/null | head -1)
         if [[ -n "$metrics" && -n "$PY" && -f "$REPO/scripts/gpu-reference/compare_losses.py" ]]; then
@@ -243,6 +247,8 @@ else
         bench b-1m-mixed 25 "${common[@]}" --classes 1000000 --sample-ratio 0.1 --mixed-precision
     fi
     want c && shipped_job 200 65
+    # (e) the same with the head's weight and momentum in bf16 on the device (issue #19).
+    want e && shipped_job 200 65 e-bf16-storage --head-storage bf16
     if want d; then
         pcommon=(--model iresnet50 --batch 128 --input-size 112 --steps "$STEPS" --amp)
         peer d-100k-amp 28 "${pcommon[@]}" --classes 100000 --sample-ratio 1
