@@ -44,6 +44,7 @@ pub mod resume;
 pub mod run_dir;
 pub mod scaler;
 pub mod schedule;
+pub mod stats;
 pub mod sync;
 pub mod trainer;
 pub mod val_sets;

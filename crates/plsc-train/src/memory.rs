@@ -88,13 +88,7 @@ impl Samples {
     }
 
     fn median(&self) -> Option<u64> {
-        let mut w = self.window.clone();
-        if w.is_empty() {
-            return None;
-        }
-        let mid = w.len() / 2;
-        let (_, m, _) = w.select_nth_unstable(mid);
-        Some(*m)
+        crate::stats::median_by(&self.window, Ord::cmp)
     }
 }
 

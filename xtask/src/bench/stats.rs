@@ -1,16 +1,11 @@
 //! The benchmarks' shared helpers: the median they all report, and the byte sizes their
 //! arguments take (`--sizes 4KiB,64MiB`, `--split-bytes 2GiB`).
 
-/// The median of `v` (the upper one of the two middle values for an even count), ignoring the
-/// order `v` is in; NaN for an empty slice, so an empty measurement shows in the report instead
-/// of panicking.
+/// The median of `v` through the workspace's one median (`plsc_train::stats::median_by`: the
+/// upper of the two middle values for an even count, whatever the order of `v`); NaN for an
+/// empty slice, so an empty measurement shows in the report instead of panicking.
 pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
+    plsc_train::stats::median_by(v, f64::total_cmp).unwrap_or(f64::NAN)
 }
 
 /// Parses a positive byte size: `4096`, `4KiB`, `64MiB`, `1.5GiB` (a fraction is allowed with a
