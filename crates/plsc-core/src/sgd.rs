@@ -12,6 +12,11 @@
 //! decay every row's weight and move it along its stale momentum each step, at the cost of a
 //! full pass over `C_r x D` weight and momentum, for classes that saw no gradient. With
 //! `sample_ratio = 1` every row is used and the update is exactly dense SGD.
+//!
+//! The backbone's optimiser (`plsc_models::optim`) applies the same rule to its parameters
+//! (the crate map keeps plsc-models from depending on plsc-core, so it is written there too; a
+//! plsc-models test checks it against this formula). With 16-bit head storage the updated rows
+//! are written back stochastically rounded (`crate::rounding`).
 
 use burn::config::Config;
 
