@@ -176,4 +176,3 @@ pub fn no_held_out_images(holdout: &[u8], labels_file: &Path) -> DataError {
         labels_file.display()
     ))
 }
-

@@ -68,7 +68,10 @@ fn malformed_files_are_named_errors() {
     // Wrong magic (a label file given as images), and a file cut short.
     for (bytes, says) in [
         (idx1(&[1, 2]), "not an IDX3"),
-        (good[..good.len() - 1].to_vec(), "header says 2 images of 2x2"),
+        (
+            good[..good.len() - 1].to_vec(),
+            "header says 2 images of 2x2",
+        ),
     ] {
         let err = parse_idx_images(&bytes, p).unwrap_err();
         assert!(matches!(err, DataError::Idx { .. }), "{err}");
@@ -79,7 +82,10 @@ fn malformed_files_are_named_errors() {
     let labels = dir.path().join("labels.gz");
     std::fs::write(&labels, [0x1f, 0x8b, 1, 2, 3]).unwrap();
     let msg = read_idx_labels(&labels).unwrap_err().to_string();
-    assert!(msg.contains("labels.gz") && msg.contains("bad gzip"), "{msg}");
+    assert!(
+        msg.contains("labels.gz") && msg.contains("bad gzip"),
+        "{msg}"
+    );
     let missing = dir.path().join("missing");
     let err = read_idx_labels(&missing).unwrap_err();
     assert!(matches!(err, DataError::Io { .. }), "{err}");

@@ -190,7 +190,8 @@ fn bench_io(args: &CkptArgs, scratch: &Path) -> anyhow::Result<IoReport> {
     let (classes, dim, ranks) = (args.io_classes, args.dim, args.from);
     let root = scratch.join("io");
     let shards = ClassShard::balanced_split(classes, ranks)?;
-    let values: Vec<(RowStore<f32>, RowStore<f32>)> = shards.iter().map(|s| shard_values(*s, dim)).collect();
+    let values: Vec<(RowStore<f32>, RowStore<f32>)> =
+        shards.iter().map(|s| shard_values(*s, dim)).collect();
     let refs: Vec<HeadShardRef<'_>> = shards
         .iter()
         .zip(&values)
