@@ -39,8 +39,13 @@ fn flip_byte(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Resuming from `root` with the checkpoints' head (10 classes x 4: resume checks it).
 fn resuming(root: &Path) -> Entry {
-    Entry::new().with_checkpoint_dir(root).with_resume(true)
+    Entry::new()
+        .with_num_classes(10)
+        .with_embedding_size(4)
+        .with_checkpoint_dir(root)
+        .with_resume(true)
 }
 
 #[test]

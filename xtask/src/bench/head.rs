@@ -54,6 +54,11 @@ pub struct HeadArgs {
     /// `--cases 10000000:0.1:default --head-storage bf16 --no-yardstick`.
     #[arg(long)]
     no_yardstick: bool,
+    /// The capacity case of docs/scale.md: 10M classes, r = 0.1, bf16 storage, 20 steps, no
+    /// yardsticks (sets --cases, --head-storage, --no-yardstick and --iters). It needs about
+    /// 20 GiB of available memory and is refused up front without it.
+    #[arg(long)]
+    capacity: bool,
 }
 
 #[derive(Serialize)]
@@ -311,7 +316,13 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     })
 }
 
-pub fn run(args: HeadArgs) -> anyhow::Result<()> {
+pub fn run(mut args: HeadArgs) -> anyhow::Result<()> {
+    if args.capacity {
+        args.cases = vec!["10000000:0.1:default".into()];
+        args.head_storage = "bf16".into();
+        args.no_yardstick = true;
+        args.iters = 20;
+    }
     if args.backend == "cuda" {
         anyhow::ensure!(
             args.head_storage == "f32",
