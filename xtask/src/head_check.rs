@@ -1,15 +1,15 @@
 //! `cargo xtask head-check`: run the sharded head on given tensors and write its loss and
 //! gradients, so users can compare plsc-rs with their PyTorch head on identical numbers.
-//! The step itself is plsc-core's (`plsc_core::check::check_head`); this command reads and
-//! writes the files. See docs/head-check.md.
+//! The step is plsc-core's (`plsc_core::check::check_head`), the files plsc-ckpt's
+//! (`plsc_ckpt::head_check`); this command parses its arguments and wires them. See
+//! docs/head-check.md.
 
-use anyhow::{Context, bail, ensure};
+use anyhow::ensure;
 use clap::Args;
-use plsc_core::check::{CheckInputs, CheckOutputs, check_head};
+use plsc_ckpt::head_check::{CheckFloat, read_check_inputs, write_check_outputs};
+use plsc_core::check::check_head;
 use plsc_core::{HeadConfig, LossConfig, LossKind};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Run the head over N rank threads on `features`, `labels`, `weight` (and `bias`) from a
 /// safetensors file; write `loss`, `grad_features`, `grad_weight` (and `grad_bias`).
@@ -52,108 +52,6 @@ pub struct HeadCheckArgs {
     seed: u64,
 }
 
-/// The file's tensors, and the float type they were written in.
-struct Inputs {
-    dtype: Dtype,
-    check: CheckInputs,
-}
-
-fn floats(view: &TensorView<'_>, name: &str, file: &Path) -> anyhow::Result<Vec<f64>> {
-    let data = view.data();
-    match view.dtype() {
-        Dtype::F32 => Ok(data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect()),
-        Dtype::F64 => Ok(data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect()),
-        other => bail!(
-            "{}: tensor `{name}` is {other:?}; expected F32 or F64",
-            file.display()
-        ),
-    }
-}
-
-fn read_inputs(path: &Path) -> anyhow::Result<Inputs> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let get = |name: &str| {
-        st.tensor(name)
-            .with_context(|| format!("{}: missing tensor `{name}`", path.display()))
-    };
-    let (f, l, w) = (get("features")?, get("labels")?, get("weight")?);
-    ensure!(
-        f.shape().len() == 2,
-        "{}: `features` must be [B, D], got {:?}",
-        path.display(),
-        f.shape()
-    );
-    ensure!(
-        w.shape().len() == 2,
-        "{}: `weight` must be [C, D], got {:?}",
-        path.display(),
-        w.shape()
-    );
-    let (rows, dim, classes) = (f.shape()[0], f.shape()[1], w.shape()[0]);
-    ensure!(
-        w.shape()[1] == dim,
-        "{}: `weight` is {:?} but `features` has D = {dim}",
-        path.display(),
-        w.shape()
-    );
-    ensure!(
-        l.shape() == [rows],
-        "{}: `labels` must be [{rows}], got {:?}",
-        path.display(),
-        l.shape()
-    );
-    ensure!(
-        l.dtype() == Dtype::I64,
-        "{}: `labels` must be I64, got {:?}",
-        path.display(),
-        l.dtype()
-    );
-    ensure!(
-        f.dtype() == w.dtype(),
-        "{}: `features` is {:?} but `weight` is {:?}",
-        path.display(),
-        f.dtype(),
-        w.dtype()
-    );
-    let labels = l
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .collect();
-    let bias = match st.tensor("bias") {
-        Ok(b) => {
-            ensure!(
-                b.shape() == [classes],
-                "{}: `bias` must be [{classes}], got {:?}",
-                path.display(),
-                b.shape()
-            );
-            Some(floats(&b, "bias", path)?)
-        }
-        Err(_) => None,
-    };
-    Ok(Inputs {
-        dtype: f.dtype(),
-        check: CheckInputs {
-            rows,
-            dim,
-            classes,
-            features: floats(&f, "features", path)?,
-            labels,
-            weight: floats(&w, "weight", path)?,
-            bias,
-        },
-    })
-}
-
 fn loss_config(args: &HeadCheckArgs) -> anyhow::Result<LossConfig> {
     let mut loss: LossConfig = args.loss.parse()?;
     match &mut loss.kind {
@@ -174,63 +72,20 @@ fn loss_config(args: &HeadCheckArgs) -> anyhow::Result<LossConfig> {
     Ok(loss)
 }
 
-fn encode(values: &[f64], dtype: Dtype) -> Vec<u8> {
-    match dtype {
-        Dtype::F32 => values
-            .iter()
-            .flat_map(|v| (*v as f32).to_le_bytes())
-            .collect(),
-        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
-fn write_outputs(path: &Path, out: &CheckOutputs, inp: &Inputs) -> anyhow::Result<()> {
-    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = vec![
-        ("loss".into(), encode(&[out.loss], inp.dtype), vec![]),
-        (
-            "grad_features".into(),
-            encode(&out.grad_features, inp.dtype),
-            vec![inp.check.rows, inp.check.dim],
-        ),
-        (
-            "grad_weight".into(),
-            encode(&out.grad_weight, inp.dtype),
-            vec![inp.check.classes, inp.check.dim],
-        ),
-    ];
-    if let Some(gb) = &out.grad_bias {
-        tensors.push((
-            "grad_bias".into(),
-            encode(gb, inp.dtype),
-            vec![inp.check.classes],
-        ));
-    }
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, data, shape)| Ok((n.clone(), TensorView::new(inp.dtype, shape.clone(), data)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
-
 pub fn run(args: HeadCheckArgs) -> anyhow::Result<()> {
     ensure!(args.ranks >= 1, "--ranks must be at least 1");
-    let inp = read_inputs(&args.input)?;
+    let file = read_check_inputs(&args.input)?;
     let loss = loss_config(&args)?;
-    let config = HeadConfig::new(inp.check.classes, inp.check.dim)
+    let config = HeadConfig::new(file.inputs.classes, file.inputs.dim)
         .with_loss(loss)
         .with_chunk_size(args.chunk)
         .with_sample_ratio(args.sample_ratio)
         .with_seed(args.seed);
-    let out = match inp.dtype {
-        Dtype::F32 => check_head::<f32>(&inp.check, &config, args.ranks)?,
-        _ => check_head::<f64>(&inp.check, &config, args.ranks)?,
+    let out = match file.float {
+        CheckFloat::F32 => check_head::<f32>(&file.inputs, &config, args.ranks)?,
+        CheckFloat::F64 => check_head::<f64>(&file.inputs, &config, args.ranks)?,
     };
-    write_outputs(&args.output, &out, &inp)?;
+    write_check_outputs(&args.output, &out, &file)?;
     println!(
         "loss {:.10} ({} ranks, {}) -> {}",
         out.loss,

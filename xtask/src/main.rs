@@ -11,7 +11,6 @@ mod head_check;
 mod import;
 mod import_idx;
 mod launch;
-mod machine;
 #[cfg(feature = "blas")]
 mod openblas;
 mod plot;

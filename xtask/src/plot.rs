@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plsc_train::records::{EvalRecord, LogRecord};
+use plsc_train::records::{EvalRecord, LogRecord, Metrics};
 
 /// Width of every chart, in pixels.
 pub const WIDTH: u32 = 960;
@@ -34,53 +34,11 @@ pub struct PlotArgs {
     out: Option<PathBuf>,
 }
 
-/// The records of one metrics file, in file order (plsc-train's run records: values that were
-/// not finite read as NaN and are left out of the charts; eval records from before the ROC was
-/// logged have an empty curve and get no ROC chart).
-#[derive(Debug, Default)]
-struct Metrics {
-    train: Vec<LogRecord>,
-    eval: Vec<EvalRecord>,
-}
-
-/// Reads metrics.jsonl; errors name the file and the 1-based line.
+/// Reads metrics.jsonl (`plsc_train::records::read_metrics`); a file without train records
+/// has nothing to plot.
 fn read_metrics(path: &Path) -> anyhow::Result<Metrics> {
-    let text = std::fs::read_to_string(path)
+    let m = plsc_train::records::read_metrics(path)
         .with_context(|| format!("cannot read the metrics file {}", path.display()))?;
-    let mut m = Metrics::default();
-    for (i, line) in text.lines().enumerate() {
-        let at = || format!("{} line {}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .with_context(|| format!("{}: no \"kind\" string", at()))?
-            .to_string();
-        match kind.as_str() {
-            "train" => m.train.push(
-                serde_json::from_value(value)
-                    .with_context(|| format!("{}: bad train record", at()))?,
-            ),
-            "eval" => {
-                let e: EvalRecord = serde_json::from_value(value)
-                    .with_context(|| format!("{}: bad eval record", at()))?;
-                if e.roc_fpr.len() != e.roc_tpr.len() {
-                    bail!(
-                        "{}: roc_fpr has {} values but roc_tpr {}",
-                        at(),
-                        e.roc_fpr.len(),
-                        e.roc_tpr.len()
-                    );
-                }
-                m.eval.push(e);
-            }
-            other => tracing::warn!("{}: record kind {other:?} is not plotted", at()),
-        }
-    }
     if m.train.is_empty() {
         bail!("{} holds no train records: nothing to plot", path.display());
     }

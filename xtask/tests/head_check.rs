@@ -123,5 +123,8 @@ fn head_check_names_a_missing_tensor() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("missing tensor `labels`"), "{stderr}");
+    assert!(
+        stderr.contains("in.safetensors") && stderr.contains("tensor `labels` is missing"),
+        "{stderr}"
+    );
 }

@@ -35,6 +35,7 @@
 mod backbone;
 mod error;
 pub mod export;
+pub mod head_check;
 pub mod import;
 mod layout;
 mod load;

@@ -29,8 +29,18 @@ pub enum TrainError {
         /// What went wrong.
         detail: String,
     },
+    /// A line of a run's `metrics.jsonl` is not a record.
+    #[error("{} line {line}: {detail}", path.display())]
+    Records {
+        /// The metrics file.
+        path: PathBuf,
+        /// The 1-based line.
+        line: usize,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A file or folder could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,

@@ -35,8 +35,10 @@
 pub mod device;
 pub mod entry;
 mod error;
+pub mod gpu_memory;
 pub mod head;
 pub mod job;
+pub mod machine;
 pub mod memory;
 pub mod model;
 pub mod records;

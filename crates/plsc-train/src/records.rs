@@ -146,6 +146,67 @@ fn eval_kind<'de, D: Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
     kind(d, "eval")
 }
 
+/// The records of one `metrics.jsonl`, in file order: values that were not finite read as
+/// NaN; eval records from before the ROC was logged have an empty curve.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Metrics {
+    /// The train records.
+    pub train: Vec<LogRecord>,
+    /// The eval records.
+    pub eval: Vec<EvalRecord>,
+}
+
+/// Reads a run's `metrics.jsonl`; errors name the file and the 1-based line. Records of
+/// another kind are skipped with a warning (newer writers may add kinds).
+pub fn read_metrics(path: &std::path::Path) -> crate::error::Result<Metrics> {
+    use crate::error::TrainError;
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut m = Metrics::default();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |detail: String| TrainError::Records {
+            path: path.to_path_buf(),
+            line: i + 1,
+            detail,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or_else(|| bad("no \"kind\" string".into()))?
+            .to_string();
+        match kind.as_str() {
+            "train" => m.train.push(
+                serde_json::from_value(value).map_err(|e| bad(format!("bad train record: {e}")))?,
+            ),
+            "eval" => {
+                let e: EvalRecord = serde_json::from_value(value)
+                    .map_err(|e| bad(format!("bad eval record: {e}")))?;
+                if e.roc_fpr.len() != e.roc_tpr.len() {
+                    return Err(bad(format!(
+                        "roc_fpr has {} values but roc_tpr {}",
+                        e.roc_fpr.len(),
+                        e.roc_tpr.len()
+                    )));
+                }
+                m.eval.push(e);
+            }
+            other => tracing::warn!(
+                "{} line {}: record kind {other:?} skipped",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{EvalRecord, LogRecord};
@@ -256,5 +317,27 @@ mod tests {
             assert!(eval_json.get(old).is_none(), "{old} still in {eval_json}");
         }
         assert!(eval_json["roc"].get("auc").is_none());
+    }
+
+    #[test]
+    fn metrics_files_read_back_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let train = serde_json::to_string(&log_record()).unwrap();
+        std::fs::write(
+            &path,
+            format!("{train}\n\n{{\"kind\":\"other\"}}\n{train}\n"),
+        )
+        .unwrap();
+        let m = super::read_metrics(&path).unwrap();
+        assert_eq!(m.train, vec![log_record(), log_record()]);
+        assert!(m.eval.is_empty());
+        std::fs::write(&path, format!("{train}\n{{\"kind\":\"train\"}}\n")).unwrap();
+        let err = super::read_metrics(&path).unwrap_err();
+        assert!(
+            matches!(&err, crate::TrainError::Records { line: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("metrics.jsonl line 2"), "{err}");
     }
 }

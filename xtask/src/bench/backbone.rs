@@ -5,13 +5,13 @@
 //! for IResNets, the step's time per operation kind ([`super::backbone_profile`]).
 
 use super::stats::median;
-use crate::machine::machine_info;
 use anyhow::Context;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use clap::Args;
 use plsc_models::grad::backbone_gradients;
 use plsc_models::{Backbone, BackboneConfig};
+use plsc_train::machine::machine_info;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -61,7 +61,7 @@ struct Report {
     backend: &'static str,
     iters: usize,
     models: Vec<ModelReport>,
-    machine: crate::machine::MachineInfo,
+    machine: plsc_train::machine::MachineInfo,
 }
 
 /// Runs `f` once to warm up, then `iters` times; seconds of each timed run.

@@ -26,7 +26,7 @@ use plsc_core::{ClassShard, HeadConfig, RowStore};
 use serde::Serialize;
 
 use super::stats::median;
-use crate::machine::{free_bytes, status_kib};
+use plsc_train::machine::{free_bytes, status_kib};
 
 /// Arguments of `cargo xtask bench ckpt`.
 #[derive(clap::Args, Debug)]
@@ -90,7 +90,7 @@ struct ReshardReport {
 struct Report {
     save_load: IoReport,
     reshard: Option<ReshardReport>,
-    machine: crate::machine::MachineInfo,
+    machine: plsc_train::machine::MachineInfo,
 }
 
 pub fn run(args: CkptArgs) -> anyhow::Result<()> {
@@ -107,7 +107,9 @@ fn run_in(args: &CkptArgs, scratch: &Path) -> anyhow::Result<Report> {
     };
     // Save/load keeps two checkpoints at most; reshard holds the source and the output.
     let need = 2 * io_bytes + 2 * big_bytes + (256 << 20);
-    let free = free_bytes(scratch)?;
+    let free = free_bytes(scratch).ok_or_else(|| {
+        anyhow::anyhow!("df did not report the free space of {}", scratch.display())
+    })?;
     if free < need {
         bail!(
             "{} has {:.1} GiB free; the benchmark needs {:.1} GiB; use --classes, --io-classes or --dir",
@@ -125,7 +127,7 @@ fn run_in(args: &CkptArgs, scratch: &Path) -> anyhow::Result<Report> {
     Ok(Report {
         save_load,
         reshard,
-        machine: crate::machine::machine_info(),
+        machine: plsc_train::machine::machine_info(),
     })
 }
 

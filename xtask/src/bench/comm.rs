@@ -83,7 +83,7 @@ struct Report {
     cases: Vec<Case>,
     /// The goal case (64 MiB, 2 ranks), when it was measured.
     all_reduce_64mib_2_ranks_over_memcpy: Option<f64>,
-    machine: crate::machine::MachineInfo,
+    machine: plsc_train::machine::MachineInfo,
 }
 
 /// A plain memcpy of the benchmark's size: `copy_from_slice` into a reused buffer.
@@ -216,7 +216,7 @@ pub fn run(args: CommArgs) -> anyhow::Result<()> {
         dtype: "f32",
         cases,
         all_reduce_64mib_2_ranks_over_memcpy: goal,
-        machine: crate::machine::machine_info(),
+        machine: plsc_train::machine::machine_info(),
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

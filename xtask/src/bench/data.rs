@@ -21,7 +21,7 @@ use plsc_data::writer::WriteOptions;
 use serde::Serialize;
 
 use super::stats::{median, parse_size};
-use crate::machine::{free_bytes, status_kib};
+use plsc_train::machine::{free_bytes, status_kib};
 
 /// Arguments of `cargo xtask bench data`.
 #[derive(clap::Args, Debug)]
@@ -81,7 +81,7 @@ struct DecodeReport {
 struct Report {
     shuffle_split: Option<SplitReport>,
     decode_augment: DecodeReport,
-    machine: crate::machine::MachineInfo,
+    machine: plsc_train::machine::MachineInfo,
 }
 
 pub fn run(args: DataArgs) -> anyhow::Result<()> {
@@ -98,13 +98,15 @@ fn run_in(args: &DataArgs, scratch: &Path) -> anyhow::Result<Report> {
     Ok(Report {
         shuffle_split,
         decode_augment,
-        machine: crate::machine::machine_info(),
+        machine: plsc_train::machine::machine_info(),
     })
 }
 
 fn bench_split(args: &DataArgs, scratch: &Path) -> anyhow::Result<SplitReport> {
     let need = args.size * 2 + (256 << 20);
-    let free = free_bytes(scratch)?;
+    let free = free_bytes(scratch).ok_or_else(|| {
+        anyhow::anyhow!("df did not report the free space of {}", scratch.display())
+    })?;
     if free < need {
         bail!(
             "{} has {:.1} GiB free; the benchmark needs {:.1} GiB (input + output); \

@@ -38,7 +38,7 @@ struct Report {
     decode: DecodeReport,
     batches: BatchReport,
     metrics: MetricsReport,
-    machine: crate::machine::MachineInfo,
+    machine: plsc_train::machine::MachineInfo,
 }
 
 #[derive(Serialize)]
@@ -187,7 +187,7 @@ pub fn run(args: EvalBenchArgs) -> anyhow::Result<()> {
             median_ms: metrics_ms,
             accuracy,
         },
-        machine: crate::machine::machine_info(),
+        machine: plsc_train::machine::machine_info(),
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

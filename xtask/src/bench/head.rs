@@ -5,10 +5,10 @@
 //! the head's work-buffer bytes beyond weight and momentum.
 
 use super::stats::median;
-use crate::machine::{machine_info, status_kib};
 use clap::Args;
 use plsc_comm::ThreadGroup;
 use plsc_core::{HeadConfig, HeadPath, LossConfig, ShardedHead, WeightUpdate};
+use plsc_train::machine::{machine_info, status_kib};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
@@ -98,106 +98,6 @@ fn rss_bytes() -> u64 {
     status_kib(std::process::id(), "VmRSS:").map_or(0, |kib| kib * 1024)
 }
 
-/// A plain `[b, d] x [d, c]` product with the `gemm` crate on all rayon threads, into a
-/// reused buffer: the yardstick the head's rate is compared with.
-struct PlainMatmul {
-    b: usize,
-    d: usize,
-    c: usize,
-    x: Vec<f32>,
-    w: Vec<f32>,
-    out: Vec<f32>,
-}
-
-impl PlainMatmul {
-    fn new(b: usize, d: usize, c: usize) -> Self {
-        let x = (0..b * d).map(|i| (i as f32 * 0.001).sin()).collect();
-        let w = (0..c * d).map(|i| (i as f32 * 0.0007).cos()).collect();
-        Self {
-            b,
-            d,
-            c,
-            x,
-            w,
-            out: vec![0.0; b * c],
-        }
-    }
-
-    /// Seconds of one product: with the `blas` feature, OpenBLAS (one thread per call, as the
-    /// head runs it) over column blocks on the rayon threads, as `out^T = w . x^T`.
-    #[cfg(feature = "blas")]
-    fn time(&mut self) -> f64 {
-        use rayon::prelude::*;
-        let (b, d, c) = (self.b, self.d, self.c);
-        let block = c.div_ceil(rayon::current_num_threads() * 4).max(1);
-        let t = Instant::now();
-        self.out
-            .par_chunks_mut(block * b)
-            .zip(self.w.par_chunks(block * d))
-            .for_each(|(out, w)| {
-                let rows = w.len() / d;
-                plsc_core::cpu::gemm::a_bt(out, w, &self.x, rows, b, d);
-            });
-        t.elapsed().as_secs_f64()
-    }
-
-    /// Seconds of one product.
-    #[cfg(not(feature = "blas"))]
-    fn time(&mut self) -> f64 {
-        let (b, d, c) = (self.b, self.d, self.c);
-        let t = Instant::now();
-        // SAFETY: x is [b, d], w is [c, d] read as its transpose [d, c], out is [b, c]; all
-        // strides below stay inside those buffers.
-        unsafe {
-            gemm::gemm(
-                b,
-                c,
-                d,
-                self.out.as_mut_ptr(),
-                1,
-                c as isize,
-                false,
-                self.x.as_ptr(),
-                1,
-                d as isize,
-                self.w.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(rayon::current_num_threads()),
-            )
-        };
-        t.elapsed().as_secs_f64()
-    }
-
-    fn gflops(&self, seconds: f64) -> f64 {
-        2.0 * (self.b * self.d * self.c) as f64 / seconds / 1e9
-    }
-}
-
-/// The same product through burn-flex's matmul (a new output every call, as burn does).
-fn burn_matmul_gflops(b: usize, d: usize, c: usize, iters: usize) -> f64 {
-    use burn::backend::Flex;
-    use burn::tensor::{Distribution, Tensor};
-    let device = Default::default();
-    let x = Tensor::<Flex, 2>::random([b, d], Distribution::Default, &device);
-    let w = Tensor::<Flex, 2>::random([d, c], Distribution::Default, &device);
-    let mut times = Vec::new();
-    for it in 0..=iters {
-        let t = Instant::now();
-        let y = x.clone().matmul(w.clone());
-        let _ = y.into_data();
-        if it > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    2.0 * (b * d * c) as f64 / median(&times) / 1e9
-}
-
 fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     let parts: Vec<&str> = spec.split(':').collect();
     anyhow::ensure!(
@@ -260,8 +160,13 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
         // The yardstick runs right after each step, so both see the same load on a shared
         // machine; the first step and the first product warm up.
         if !args.no_yardstick {
-            let mm = plain
-                .get_or_insert_with(|| PlainMatmul::new(args.batch, args.dim, out.sampled_classes));
+            let mm = plain.get_or_insert_with(|| {
+                plsc_core::cpu::yardstick::PlainMatmul::new(
+                    args.batch,
+                    args.dim,
+                    out.sampled_classes,
+                )
+            });
             let mm_seconds = mm.time();
             if step > 0 {
                 plain_times.push(mm_seconds);
@@ -282,8 +187,11 @@ fn run_case(args: &HeadArgs, spec: &str) -> anyhow::Result<CaseReport> {
     let step_median = median(&times);
     let peak_rss_anon_bytes = memory.map(|m| m.report().peak_bytes);
     let plain = plain.map(|p| p.gflops(median(&plain_times)));
-    let burn_rate = (!args.no_yardstick)
-        .then(|| burn_matmul_gflops(args.batch, args.dim, out.sampled_classes, args.iters.min(2)));
+    let burn_rate = (!args.no_yardstick).then(|| {
+        let (b, d, c) = (args.batch, args.dim, out.sampled_classes);
+        let seconds = plsc_core::cpu::yardstick::burn_matmul_seconds(b, d, c, args.iters.min(2));
+        2.0 * (b * d * c) as f64 / median(&seconds) / 1e9
+    });
     let achieved = out.gemm_flops / step_median / 1e9;
     Ok(CaseReport {
         classes,
@@ -382,13 +290,13 @@ pub fn run(mut args: HeadArgs) -> anyhow::Result<()> {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{HeadArgs, median};
-    use crate::machine::machine_info;
     use burn::backend::Cuda;
     use burn::tensor::backend::Backend;
     use burn::tensor::{Distribution, Tensor};
     use plsc_comm::ThreadGroup;
     use plsc_core::burn_path::burn_head_step;
     use plsc_core::{ClassShard, HeadConfig, LossConfig};
+    use plsc_train::machine::machine_info;
     use rand::{Rng, SeedableRng};
     use std::time::Instant;
 

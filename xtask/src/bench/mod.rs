@@ -1,5 +1,5 @@
 //! `cargo xtask bench <target>`: each target in its own module, each printing one JSON document
-//! on stdout with its figures and `machine` (see [`crate::machine`]).
+//! on stdout with its figures and `machine` (see `plsc_train::machine`).
 
 use clap::Subcommand;
 
@@ -10,7 +10,6 @@ mod comm;
 mod data;
 mod eval;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-mod gpu_memory;
 mod head;
 mod peer;
 mod serve;

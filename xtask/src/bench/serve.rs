@@ -17,7 +17,7 @@ use plsc_models::{Backbone, BackboneConfig};
 use plsc_serve::{Client, RunningServer, ServeConfig, ServeModel, write_model_dir};
 use serde::Serialize;
 
-use crate::machine::machine_info;
+use plsc_train::machine::machine_info;
 
 #[derive(Args)]
 pub struct ServeBenchArgs {
@@ -82,7 +82,7 @@ struct Report {
     images_per_request: usize,
     workers: usize,
     cells: Vec<Cell>,
-    machine: crate::machine::MachineInfo,
+    machine: plsc_train::machine::MachineInfo,
 }
 
 pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {

@@ -14,10 +14,10 @@
 
 use super::peer::{Peer, PeerRun};
 use super::stats::median;
-use crate::machine::machine_info;
 use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use plsc_train::machine::machine_info;
 use plsc_train::trainer::{LocalBatch, Outputs, RunPlan, StepTiming, train};
 use plsc_train::{CpuBackend, Entry};
 use rand::{Rng, SeedableRng};
@@ -116,7 +116,7 @@ struct Report {
     /// The PyTorch peer on the same recipe (`--peer-python`).
     peer: Option<PeerReport>,
     note: &'static str,
-    machine: crate::machine::MachineInfo,
+    machine: plsc_train::machine::MachineInfo,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -324,7 +324,7 @@ mod cuda {
         type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
         plsc_models::device::check_cuda(index)?;
         let device = burn::backend::cuda::CudaDevice::new(index);
-        let probe = crate::bench::gpu_memory::PeakProbe::start();
+        let probe = plsc_train::gpu_memory::PeakProbe::start();
         let steps = timed_steps::<Gpu>(entry, args, &device)?;
         Ok((steps, probe.stop()))
     }

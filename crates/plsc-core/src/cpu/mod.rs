@@ -20,6 +20,7 @@ pub mod rows;
 pub mod stored;
 pub mod tile;
 pub mod topk;
+pub mod yardstick;
 
 use crate::float::Precision;
 use crate::rounding::{self, RoundedTensor};
