@@ -15,9 +15,23 @@ pub fn median_by<T: Copy>(v: &[T], mut cmp: impl FnMut(&T, &T) -> Ordering) -> O
     Some(*m)
 }
 
+/// The median of measurements `v` ([`median_by`] in `f64::total_cmp` order); NaN for an empty
+/// slice, so an empty measurement shows in a report instead of panicking.
+pub fn median(v: &[f64]) -> f64 {
+    median_by(v, f64::total_cmp).unwrap_or(f64::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_measurements() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median(&[5.0]), 5.0);
+        assert!(median(&[]).is_nan());
+    }
 
     #[test]
     fn upper_middle_whatever_the_order() {

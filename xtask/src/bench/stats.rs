@@ -1,12 +1,8 @@
 //! The benchmarks' shared helpers: the median they all report, and the byte sizes their
 //! arguments take (`--sizes 4KiB,64MiB`, `--split-bytes 2GiB`).
 
-/// The median of `v` through the workspace's one median (`plsc_train::stats::median_by`: the
-/// upper of the two middle values for an even count, whatever the order of `v`); NaN for an
-/// empty slice, so an empty measurement shows in the report instead of panicking.
-pub fn median(v: &[f64]) -> f64 {
-    plsc_train::stats::median_by(v, f64::total_cmp).unwrap_or(f64::NAN)
-}
+/// The workspace's one median of measurements (NaN for none).
+pub use plsc_train::stats::median;
 
 /// Parses a positive byte size: `4096`, `4KiB`, `64MiB`, `1.5GiB` (a fraction is allowed with a
 /// unit and rounded down to whole bytes).
@@ -37,15 +33,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, parse_size};
-
-    #[test]
-    fn median_sorts_and_takes_the_middle() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
-        assert_eq!(median(&[5.0]), 5.0);
-        assert!(median(&[]).is_nan());
-    }
+    use super::parse_size;
 
     #[test]
     fn sizes_take_their_units() {
