@@ -39,11 +39,13 @@ fn inputs_read_back_and_outputs_keep_the_float_type() {
         [0.25f64, -0.5, 1.5],
     );
     for float in [CheckFloat::F32, CheckFloat::F64] {
-        let (dtype, enc): (Dtype, fn(&[f64]) -> Vec<u8>) = match float {
-            CheckFloat::F32 => (Dtype::F32, |v| {
-                f32s(&v.iter().map(|x| *x as f32).collect::<Vec<_>>())
-            }),
-            CheckFloat::F64 => (Dtype::F64, |v| f64s(v)),
+        let dtype = match float {
+            CheckFloat::F32 => Dtype::F32,
+            CheckFloat::F64 => Dtype::F64,
+        };
+        let enc = |v: &[f64]| match float {
+            CheckFloat::F32 => f32s(&v.iter().map(|x| *x as f32).collect::<Vec<_>>()),
+            CheckFloat::F64 => f64s(v),
         };
         let input = dir.path().join(format!("in-{dtype:?}.safetensors"));
         write(

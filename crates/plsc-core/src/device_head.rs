@@ -212,15 +212,7 @@ impl<B: Backend> DeviceHead<B> {
     }
 
     fn check_storage(&self, tensor: &'static str, rows: &RowStore<f32>) -> Result<(), HeadError> {
-        if rows.storage() != self.config.storage {
-            return Err(HeadError::Storage {
-                rank: self.shard.rank,
-                tensor,
-                got: rows.storage(),
-                expected: self.config.storage,
-            });
-        }
-        Ok(())
+        rows.expect_storage(self.config.storage, self.shard.rank, tensor)
     }
     /// The bias copied to the host (softmax).
     pub fn bias_host(&self) -> Option<Vec<f32>> {

@@ -238,15 +238,7 @@ impl<T: HeadFloat> ShardedHead<T> {
 
     /// Checks that `rows` are stored as this head stores its rows.
     fn check_storage(&self, tensor: &'static str, rows: &RowStore<T>) -> Result<(), HeadError> {
-        if rows.storage() != self.config.storage {
-            return Err(HeadError::Storage {
-                rank: self.shard.rank,
-                tensor,
-                got: rows.storage(),
-                expected: self.config.storage,
-            });
-        }
-        Ok(())
+        rows.expect_storage(self.config.storage, self.shard.rank, tensor)
     }
 
     /// Replaces weight (and bias) rows, for loading checkpoints or given weights. The rows must

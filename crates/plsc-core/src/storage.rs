@@ -59,6 +59,25 @@ impl<T: HeadFloat> RowStore<T> {
         }
     }
 
+    /// [`HeadError::Storage`] unless these rows are stored as `expected` (rank `rank`'s tensor
+    /// `tensor`): what both heads check before taking rows.
+    pub fn expect_storage(
+        &self,
+        expected: HeadStorage,
+        rank: usize,
+        tensor: &'static str,
+    ) -> Result<(), HeadError> {
+        if self.storage() != expected {
+            return Err(HeadError::Storage {
+                rank,
+                tensor,
+                got: self.storage(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+
     /// The storage type.
     pub fn storage(&self) -> HeadStorage {
         match self {
