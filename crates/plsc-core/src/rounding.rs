@@ -407,7 +407,7 @@ mod tests {
                 assert_eq!(round_stochastic::<bf16>(h, u).to_f32(), h);
             }
         }
-        // 1 + 2^-9 lies a quarter of the way... between bf16's 1 and 1 + 2^-7.
+        // 1 + 2^-9 lies a quarter of the way from bf16's 1 to 1 + 2^-7.
         let x = 1.0 + 2f32.powi(-9);
         assert_eq!(round_stochastic::<bf16>(x, 0.3).to_f32(), 1.0);
         assert_eq!(
