@@ -108,6 +108,10 @@ pub trait HalfFormat: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     fn to_bits(self) -> u16;
     fn from_bits(bits: u16) -> Self;
+    /// Whether [`Self::round_bits`] takes `x` (else the scalar [`round_stochastic`] does).
+    fn fast_takes(x: f32) -> bool;
+    /// [`round_stochastic`] on the bits of `x` (`xb`) with `u = bits24 / 2^24`, branch-free.
+    fn round_bits(xb: u32, bits24: u32) -> u16;
 }
 
 impl HalfFormat for bf16 {
@@ -127,6 +131,14 @@ impl HalfFormat for bf16 {
     fn from_bits(bits: u16) -> Self {
         bf16::from_bits(bits)
     }
+    #[inline(always)]
+    fn fast_takes(x: f32) -> bool {
+        x.abs() < BF16_FAST_LIMIT
+    }
+    #[inline(always)]
+    fn round_bits(xb: u32, bits24: u32) -> u16 {
+        round_bf16_bits(xb, bits24)
+    }
 }
 
 impl HalfFormat for f16 {
@@ -145,6 +157,14 @@ impl HalfFormat for f16 {
     #[inline(always)]
     fn from_bits(bits: u16) -> Self {
         f16::from_bits(bits)
+    }
+    #[inline(always)]
+    fn fast_takes(x: f32) -> bool {
+        f16_fast(x)
+    }
+    #[inline(always)]
+    fn round_bits(xb: u32, bits24: u32) -> u16 {
+        round_f16_bits(xb, bits24)
     }
 }
 
@@ -203,30 +223,31 @@ fn round_bf16_bits(xb: u32, bits24: u32) -> u16 {
 /// The largest magnitude [`round_bf16_bits`] takes: both neighbours finite.
 const BF16_FAST_LIMIT: f32 = 3.38e38;
 
-/// `dst[i] = round_stochastic(values[i], u)` in bf16 with the bits of `row_key` and
-/// `column_keys[i]`: the kernel's write-back of an updated row, vectorised (AVX2 when the CPU
-/// has it, chosen at run time); rows holding a value beyond bf16's range take the scalar rule.
-pub fn round_row_bf16(dst: &mut [bf16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+/// `dst[i] = round_stochastic(values[i], u)` in `H` with the bits of `row_key` and
+/// `column_keys[i]`: the kernel's write-back of an updated row, on the values' bits
+/// ([`HalfFormat::round_bits`]), vectorised (AVX2 when the CPU has it, chosen at run time); a
+/// row holding a value the bit path does not take goes through the scalar rule.
+pub fn round_row<H: HalfFormat>(dst: &mut [H], values: &[f32], row_key: u32, column_keys: &[u32]) {
     #[inline(always)]
-    fn body(dst: &mut [bf16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+    fn body<H: HalfFormat>(dst: &mut [H], values: &[f32], row_key: u32, column_keys: &[u32]) {
         let n = dst.len().min(values.len()).min(column_keys.len());
         let (dst, values, keys) = (&mut dst[..n], &values[..n], &column_keys[..n]);
-        if values.iter().all(|v| v.abs() < BF16_FAST_LIMIT) {
+        if values.iter().all(|v| H::fast_takes(*v)) {
             for i in 0..n {
                 let bits = element_bits(row_key, keys[i]);
-                dst[i] = bf16::from_bits(round_bf16_bits(values[i].to_bits(), bits));
+                dst[i] = H::from_bits(H::round_bits(values[i].to_bits(), bits));
             }
         } else {
             for i in 0..n {
                 let u = uniform(element_bits(row_key, keys[i]));
-                dst[i] = round_stochastic::<bf16>(values[i], u);
+                dst[i] = round_stochastic::<H>(values[i], u);
             }
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        fn avx2(dst: &mut [bf16], values: &[f32], row_key: u32, column_keys: &[u32]) {
+        fn avx2<H: HalfFormat>(dst: &mut [H], values: &[f32], row_key: u32, column_keys: &[u32]) {
             body(dst, values, row_key, column_keys)
         }
         if std::is_x86_feature_detected!("avx2") {
@@ -289,38 +310,6 @@ fn f16_fast(x: f32) -> bool {
 
 /// The smallest non-zero magnitude [`round_f16_bits`] takes.
 const F16_FAST_MIN: f32 = 7.275_958e-12; // 2^-37
-
-/// [`round_stochastic`] to f16 over a row, as [`round_row_bf16`] does for bf16.
-pub fn round_row_f16(dst: &mut [f16], values: &[f32], row_key: u32, column_keys: &[u32]) {
-    #[inline(always)]
-    fn body(dst: &mut [f16], values: &[f32], row_key: u32, column_keys: &[u32]) {
-        let n = dst.len().min(values.len()).min(column_keys.len());
-        let (dst, values, keys) = (&mut dst[..n], &values[..n], &column_keys[..n]);
-        if values.iter().all(|v| f16_fast(*v)) {
-            for i in 0..n {
-                let bits = element_bits(row_key, keys[i]);
-                dst[i] = f16::from_bits(round_f16_bits(values[i].to_bits(), bits));
-            }
-        } else {
-            for i in 0..n {
-                let u = uniform(element_bits(row_key, keys[i]));
-                dst[i] = round_stochastic::<f16>(values[i], u);
-            }
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn avx2(dst: &mut [f16], values: &[f32], row_key: u32, column_keys: &[u32]) {
-            body(dst, values, row_key, column_keys)
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(dst, values, row_key, column_keys) };
-        }
-    }
-    body(dst, values, row_key, column_keys)
-}
 
 #[cfg(test)]
 mod tests {

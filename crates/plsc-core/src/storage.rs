@@ -133,19 +133,6 @@ impl<T: HeadFloat> RowStore<T> {
         self.view().read(0..self.len(), &mut out);
         out
     }
-
-    /// `values` in `storage`, rounded to nearest (checkpoint conversion on request, tests).
-    pub fn from_values_rounded(storage: HeadStorage, values: &[T]) -> Self {
-        match storage {
-            HeadStorage::F32 => Self::Full(values.to_vec()),
-            HeadStorage::Bf16 => {
-                Self::Bf16(values.iter().map(|v| bf16::from_f64(v.as_f64())).collect())
-            }
-            HeadStorage::F16 => {
-                Self::F16(values.iter().map(|v| f16::from_f64(v.as_f64())).collect())
-            }
-        }
-    }
 }
 
 impl RowStore<f32> {

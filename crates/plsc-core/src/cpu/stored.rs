@@ -157,13 +157,13 @@ impl<'a, T: HeadFloat> RowsMut<'a, T> {
         let dim = values.len();
         match self {
             RowsMut::Full(v) => v[r * dim..(r + 1) * dim].copy_from_slice(values),
-            RowsMut::Bf16(v) => rounding::round_row_bf16(
+            RowsMut::Bf16(v) => rounding::round_row(
                 &mut v[r * dim..(r + 1) * dim],
                 &as_f32(values),
                 key.row_key,
                 column_keys,
             ),
-            RowsMut::F16(v) => rounding::round_row_f16(
+            RowsMut::F16(v) => rounding::round_row(
                 &mut v[r * dim..(r + 1) * dim],
                 &as_f32(values),
                 key.row_key,
