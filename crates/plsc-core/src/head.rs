@@ -31,7 +31,6 @@ use crate::float::Precision;
 use crate::init;
 use crate::loss::{LossConfig, LossKind};
 use crate::margin::Margin;
-use crate::rounding::RoundedTensor;
 use crate::sampling::{SampledClasses, sample_classes};
 use crate::sgd::{SparseSgdConfig, sgd_update};
 use crate::shard::ClassShard;
@@ -766,18 +765,7 @@ impl<T: HeadFloat> RowUpdate<T> {
         v.as_rows().read(r * d..(r + 1) * d, vb);
         sgd_update(wb, vb, g, lr, m, wd);
         if let Some(keys) = &self.rounding {
-            w.write_row(
-                r,
-                wb,
-                keys.row(RoundedTensor::Weight, class),
-                keys.columns(),
-            );
-            v.write_row(
-                r,
-                vb,
-                keys.row(RoundedTensor::Momentum, class),
-                keys.columns(),
-            );
+            keys.write_back(w, v, r, class, wb, vb);
         }
     }
 }

@@ -292,6 +292,22 @@ impl StepRounding {
     pub fn columns(&self) -> &[u32] {
         &self.columns
     }
+
+    /// Writes row `r` (global class `class`) of weight `w` and momentum `v` back from their
+    /// updated values in the compute type, each stochastically rounded with its own keys.
+    pub fn write_back<T: HeadFloat>(
+        &self,
+        w: &mut RowsMut<'_, T>,
+        v: &mut RowsMut<'_, T>,
+        r: usize,
+        class: usize,
+        new_w: &[T],
+        new_v: &[T],
+    ) {
+        let cols = self.columns();
+        w.write_row(r, new_w, self.row(RoundedTensor::Weight, class), cols);
+        v.write_row(r, new_v, self.row(RoundedTensor::Momentum, class), cols);
+    }
 }
 
 /// What the backward pass does with each used weight row's gradient.
@@ -879,11 +895,14 @@ fn backward_impl<T: HeadFloat>(
                                 }
                                 if let Some(keys) = setup.rounding.filter(|_| half) {
                                     let global = setup.class_offset + class;
-                                    let cols = keys.columns();
-                                    let wk = keys.row(RoundedTensor::Weight, global);
-                                    let vk = keys.row(RoundedTensor::Momentum, global);
-                                    wslice.write_row(r, &wrow[..dim], wk, cols);
-                                    velocity.write_row(r, &vrow[..dim], vk, cols);
+                                    keys.write_back(
+                                        &mut wslice,
+                                        velocity,
+                                        r,
+                                        global,
+                                        &wrow[..dim],
+                                        &vrow[..dim],
+                                    );
                                 }
                                 if let (Some(b), Some(bv)) =
                                     (bslice.as_deref_mut(), bias_velocity.as_deref_mut())
