@@ -37,10 +37,22 @@ pub fn host_bytes(
 
 /// `MemAvailable` of `/proc/meminfo` in bytes (`None` where there is no such file).
 pub fn available_bytes() -> Option<u64> {
+    meminfo_bytes("MemAvailable:")
+}
+
+/// A `kB` field (`MemTotal:`, `MemAvailable:`, ...) of `/proc/meminfo`, in bytes.
+pub fn meminfo_bytes(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    kib_field(&text, field).map(|kib| kib * 1024)
+}
+
+/// The value of the `field` line (`Name:   1234 kB`) of a `/proc` text such as `meminfo` or
+/// `<pid>/status`, in the kB the kernel writes.
+pub fn kib_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Refuses, with [`HeadError::Capacity`], a head whose ranks on this host need more than
@@ -73,6 +85,17 @@ pub fn check_host_capacity(
 mod tests {
     use super::*;
     use crate::storage::HeadStorage;
+
+    #[test]
+    fn proc_fields_are_read_in_kib() {
+        let text = "MemTotal:       24683420 kB\nMemAvailable:   1000 kB\nRssAnon:\t  4404020 kB\n";
+        assert_eq!(kib_field(text, "MemTotal:"), Some(24_683_420));
+        assert_eq!(kib_field(text, "RssAnon:"), Some(4_404_020));
+        assert_eq!(kib_field(text, "MemFree:"), None);
+        if cfg!(target_os = "linux") {
+            assert!(meminfo_bytes("MemTotal:").is_some_and(|b| b > 0));
+        }
+    }
 
     #[test]
     fn ten_million_classes_need_half_the_bytes_in_bf16_and_f32_is_refused() {

@@ -25,18 +25,12 @@ pub fn machine_info() -> MachineInfo {
         .and_then(|l| l.split(':').nth(1))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_kib: f64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let memory_bytes = plsc_core::capacity::meminfo_bytes("MemTotal:").unwrap_or(0);
     MachineInfo {
         cpu_model,
         logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rayon_threads: rayon_threads(),
-        memory_gib: memory_kib / (1024.0 * 1024.0),
+        memory_gib: memory_bytes as f64 / f64::from(1u32 << 30),
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
     }
@@ -68,10 +62,7 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 /// Reads a `kB` field (`VmRSS:`, `RssAnon:`, ...) of `/proc/<pid>/status`.
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    plsc_core::capacity::kib_field(&s, field)
 }
 
 #[cfg(test)]

@@ -32,12 +32,7 @@ pub fn rss_anon_bytes() -> Option<u64> {
 
 /// The `RssAnon:` field of a `/proc/<pid>/status` text, in bytes (the kernel writes kB).
 fn parse_rss_anon(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
+    plsc_core::capacity::kib_field(status, "RssAnon:").map(|kib| kib * 1024)
 }
 
 /// What a sampler saw.
